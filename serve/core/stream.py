@@ -1,0 +1,280 @@
+"""The stable-prefix streaming policy over VAD-gated audio windows.
+
+One stream's life is a pure state machine: ``push`` audio (scored by the VAD as it
+arrives), ask ``next_window`` what to decode, decode it anywhere (in a batch with
+other streams), hand the result to ``apply`` and get ``partial``/``final`` messages.
+All of it lives in ``StreamState``, so the caller may keep nothing between calls.
+
+Commit rules (LocalAgreement-2, as in ufal/whisper_streaming):
+- a word is final once two consecutive decodes of the growing window agree on it;
+- when the VAD hears the speaker pause (endpointing) or the client sends
+  ``finalize``, the whole utterance is decoded once more and everything is final;
+- the window never grows past ``max_buffer_s``: before that, words are force-committed
+  and the audio is trimmed at the last committed word.
+Finals are never revised, never overlap and their timestamps only increase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.core.audio import SAMPLE_RATE, to_float32
+from serve.core.engine import DecodeRequest, DecodeResult
+from serve.core.messages import Final, Partial
+from serve.core.vad import SileroVad, SpeechSegment, VadOptions, VadState, segment
+from serve.core.words import Word, comparable, join_words
+
+
+class StreamingOptions(BaseModel):
+    """When to decode, when to commit, how much audio a stream may hold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vad: VadOptions = Field(default_factory=VadOptions)
+    min_step_s: float = Field(
+        1.0, ge=0.1, le=10.0, description="New voiced audio needed before the window is decoded again (partials)."
+    )
+    max_buffer_s: float = Field(
+        15.0, ge=3.0, le=29.0, description="Uncommitted audio is force-committed before it grows past this."
+    )
+    commit_margin_s: float = Field(
+        0.5, ge=0.0, le=3.0, description="Agreed words ending this close to the end of the older of the two agreeing windows wait for one more decode."
+    )
+    force_margin_s: float = Field(
+        1.0, ge=0.0, le=2.0, description="On a forced commit, words ending this close to the window's end stay tentative."
+    )
+    prompt_chars: int = Field(200, ge=0, le=800, description="Committed text fed back to Whisper as its prompt.")
+
+
+class WindowKind(str, Enum):
+    PARTIAL = "partial"
+    """Decode the live window; commit what two consecutive decodes agree on."""
+    FINAL = "final"
+    """The speaker paused (or finalize): commit every word of the window."""
+    FORCE = "force"
+    """The window reached its bound: commit all but the last ``force_margin_s``."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of the stream's pending audio to decode, in absolute samples."""
+
+    kind: WindowKind
+    start: int
+    end: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
+
+@dataclass
+class StreamState:
+    """Everything one stream needs between calls; compact (int16 audio, bounded)."""
+
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    audio_start: int = 0
+    """Absolute sample index of ``audio[0]``; audio before it is committed or silence."""
+    vad: VadState = field(default_factory=VadState)
+    closed: list[SpeechSegment] = field(default_factory=list)
+    """Utterances the VAD closed that are not final yet, oldest first."""
+    hypothesis: list[Word] = field(default_factory=list)
+    """The last decode's uncommitted words (absolute times)."""
+    committed: list[Word] = field(default_factory=list)
+    """Committed words still inside the window, to drop them from new hypotheses."""
+    prompt: str = ""
+    last_final_end: float = 0.0
+    decoded_until: int = 0
+    partial_text: str = ""
+    finals: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.audio_start + self.audio.size
+
+    @property
+    def duration(self) -> float:
+        return self.received / SAMPLE_RATE
+
+    def window_audio(self, window: Window) -> np.ndarray:
+        return self.audio[window.start - self.audio_start : window.end - self.audio_start]
+
+    def trim_to(self, sample: int) -> None:
+        """Forget audio before ``sample``."""
+        sample = min(max(sample, self.audio_start), self.received)
+        self.audio = self.audio[sample - self.audio_start :].copy()
+        self.audio_start = sample
+
+
+Message = Partial | Final
+
+
+class StreamProcessor:
+    """Runs the policy for any number of streams; holds models and options only."""
+
+    def __init__(self, options: StreamingOptions | None = None, vad: SileroVad | None = None) -> None:
+        self.options = options or StreamingOptions()
+        self.vad = vad or SileroVad()
+
+    # -- audio in -------------------------------------------------------------
+    def push(self, state: StreamState, pcm: np.ndarray) -> None:
+        """Append 16 kHz int16 audio; the VAD scores only the new samples."""
+        if pcm.dtype != np.int16:
+            raise TypeError("push takes 16 kHz int16 audio")
+        state.audio = np.concatenate([state.audio, pcm])
+        probs = self.vad.score(state.vad, to_float32(pcm))
+        state.closed.extend(segment(state.vad, probs, self.options.vad))
+        self._drop_silence(state)
+
+    def finalize(self, state: StreamState) -> None:
+        """Close the open utterance at the end of the audio so far."""
+        open_segment = state.vad.open_segment
+        if open_segment is not None:
+            state.vad.open_segment = None
+            state.closed.append(SpeechSegment(open_segment.start, state.received))
+        elif state.hypothesis:  # tentative words of a burst the VAD dropped as too short
+            state.closed.append(SpeechSegment(state.audio_start, state.received))
+
+    def _drop_silence(self, state: StreamState) -> None:
+        """With no speech pending, keep only the pre-roll pad before the next speech."""
+        if state.closed or state.vad.open_segment is not None:
+            return
+        state.trim_to(state.received - self.options.vad.pad_samples)
+        state.hypothesis = []
+        state.committed = []
+
+    # -- what to decode -------------------------------------------------------
+    def next_window(self, state: StreamState) -> Window | None:
+        opts = self.options
+        pad = opts.vad.pad_samples
+        bound = int(opts.max_buffer_s * SAMPLE_RATE)
+        if state.closed:
+            end = min(state.closed[0].end + pad, state.received)  # type: ignore[operator]
+            if end - state.audio_start > bound:
+                return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
+            return Window(WindowKind.FINAL, state.audio_start, end)
+        open_segment = state.vad.open_segment
+        if open_segment is None:
+            return None
+        if state.received - state.audio_start > bound:
+            return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
+        fresh = state.received - max(state.decoded_until, open_segment.start)
+        if fresh >= opts.min_step_s * SAMPLE_RATE:
+            return Window(WindowKind.PARTIAL, state.audio_start, state.received)
+        return None
+
+    def request(self, state: StreamState, window: Window) -> DecodeRequest:
+        return DecodeRequest(
+            state.window_audio(window), prompt=state.prompt, language=state.language, task=state.task
+        )
+
+    # -- results in -----------------------------------------------------------
+    def apply(self, state: StreamState, window: Window, result: DecodeResult) -> list[Message]:
+        """Fold one decode of ``window`` into the state; returns the messages to send."""
+        if state.language is None and result.language:
+            state.language = result.language  # auto-detected once, then pinned for the stream
+        words = self._new_words(state, [w.shifted(window.start / SAMPLE_RATE) for w in result.words])
+        messages: list[Message] = []
+        if window.kind is WindowKind.FINAL:
+            self._commit(state, words, messages)
+            state.closed.pop(0)
+            following = state.closed[0].start if state.closed else state.vad.open_segment.start if state.vad.open_segment else None
+            cut = window.end if following is None else min(window.end, following - self.options.vad.pad_samples)
+            self._trim(state, cut)
+            state.hypothesis = []
+            state.partial_text = ""
+            self._drop_silence(state)
+            return messages
+        agreed = _common_prefix(state.hypothesis, words)
+        # Both decodes must have heard the whole word: it ends well before the older window's end.
+        edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
+        while agreed and words[agreed - 1].end > edge:
+            agreed -= 1
+        if window.kind is WindowKind.FORCE:
+            limit = window.end / SAMPLE_RATE - self.options.force_margin_s
+            while agreed < len(words) and words[agreed].end <= limit:
+                agreed += 1
+        self._commit(state, words[:agreed], messages)
+        state.hypothesis = words[agreed:]
+        state.decoded_until = max(state.decoded_until, window.end)
+        if window.kind is WindowKind.FORCE:
+            cut = int(state.last_final_end * SAMPLE_RATE) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
+            self._trim(state, max(cut, window.start + SAMPLE_RATE // 2))
+        text = join_words(state.hypothesis)
+        if text != state.partial_text:
+            state.partial_text = text
+            if state.hypothesis:
+                messages.append(Partial(text=text, start=state.hypothesis[0].start, end=state.hypothesis[-1].end))
+            else:
+                messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
+        return messages
+
+    def _new_words(self, state: StreamState, words: list[Word]) -> list[Word]:
+        """Drop words of a hypothesis that are already committed."""
+        words = [w for w in words if w.end > state.last_final_end]
+        tail = [comparable(w.word) for w in state.committed[-5:]]
+        if words and tail and words[0].start < state.last_final_end + 1.0:
+            head = [comparable(w.word) for w in words[:5]]
+            for n in range(min(len(tail), len(head)), 0, -1):
+                if tail[-n:] == head[:n]:
+                    return words[n:]
+        return words
+
+    def _commit(self, state: StreamState, words: list[Word], messages: list[Message]) -> None:
+        if not words:
+            return
+        final_words: list[Word] = []
+        floor = state.last_final_end
+        for w in words:
+            start = max(w.start, floor)
+            end = max(w.end, start)
+            final_words.append(Word(w.word, round(start, 3), round(end, 3), w.probability))
+            floor = end
+        state.committed.extend(final_words)
+        state.last_final_end = final_words[-1].end
+        state.finals += 1
+        messages.append(Final.from_words(final_words))
+
+    def _trim(self, state: StreamState, sample: int) -> None:
+        """Trim the window; committed words before the cut become the prompt."""
+        state.trim_to(sample)
+        cut = state.audio_start / SAMPLE_RATE
+        gone = [w for w in state.committed if w.end <= cut]
+        state.committed = [w for w in state.committed if w.end > cut]
+        if gone and self.options.prompt_chars:
+            state.prompt = (state.prompt + "".join(w.word for w in gone))[-self.options.prompt_chars :]
+
+    # -- convenience for in-process use --------------------------------------
+    def process(
+        self, state: StreamState, pcm: np.ndarray, decode: Callable[[DecodeRequest], DecodeResult]
+    ) -> list[Message]:
+        """push + decode every window that is due, with ``decode`` run in-line."""
+        self.push(state, pcm)
+        return self.drain(state, decode)
+
+    def drain(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
+        messages: list[Message] = []
+        while (window := self.next_window(state)) is not None:
+            messages.extend(self.apply(state, window, decode(self.request(state, window))))
+        return messages
+
+    def close(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
+        """finalize + drain: commit everything heard."""
+        self.finalize(state)
+        return self.drain(state, decode)
+
+
+def _common_prefix(previous: list[Word], current: list[Word]) -> int:
+    n = 0
+    for a, b in zip(previous, current):
+        if comparable(a.word) != comparable(b.word):
+            break
+        n += 1
+    return n

@@ -1,0 +1,146 @@
+"""One WebSocket stream: a receive loop and a process loop that never wait on each other."""
+
+import asyncio
+import logging
+
+import numpy as np
+from fastapi import WebSocket
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from serve.core.errors import CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_LARGE, ProtocolError
+from serve.core.messages import End, Error, Final, Finalize, Partial, parse_client_text
+from serve.core.session import Session
+from serve.core.settings import LimitOptions
+
+log = logging.getLogger("ray.serve")
+
+RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+"""A replica that died mid-call: the same call (state travels with it) goes to another."""
+CALL_ATTEMPTS = 3
+
+
+class StreamClosed(Exception):
+    """The stream is over (closed by us, or the client left)."""
+
+
+async def send_error(ws: WebSocket, exc: ProtocolError) -> None:
+    await ws.send_text(Error(code=exc.code, message=exc.message).to_json())
+
+
+class SocketStream:
+    """One connection's two loops: reading audio and processing it never wait on each other."""
+
+    def __init__(self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions) -> None:
+        self.ws, self.session, self.buffer_manager, self.limits = ws, session, buffer_manager, limits
+        self.pending: list[np.ndarray] = []
+        self.pending_samples = 0
+        self.finalize = False
+        self.stopped = False
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        receiver = asyncio.create_task(self.receive_loop())
+        processor = asyncio.create_task(self.process_loop())
+        try:
+            done, _ = await asyncio.wait({receiver, processor}, return_when=asyncio.FIRST_EXCEPTION)
+            if processor in done and processor.exception() is None:
+                return  # flushed, sent end and closed
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in (receiver, processor):
+                task.cancel()  # a client gone mid-call cancels the in-flight Ray call too
+            await asyncio.gather(receiver, processor, return_exceptions=True)
+
+    async def send(self, text: str) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(text)
+
+    async def fail(self, exc: ProtocolError) -> None:
+        async with self.send_lock:
+            await send_error(self.ws, exc)
+            if exc.fatal:
+                await self.ws.close(exc.close_code)  # type: ignore[arg-type]
+        if exc.fatal:
+            raise StreamClosed(exc.code)
+
+    async def receive_loop(self) -> None:
+        max_pending = int(self.limits.max_pending_seconds * 16_000)
+        while True:
+            if self.pending_samples >= max_pending:
+                self.room.clear()
+                await self.room.wait()  # backpressure: read no faster than we process
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise StreamClosed("client disconnected")
+            data, text = message.get("bytes"), message.get("text")
+            size = len(data) if data is not None else len(text or "")
+            try:
+                if size > self.limits.max_frame_bytes:
+                    raise ProtocolError(
+                        "too_large", f"message of {size} bytes exceeds the {self.limits.max_frame_bytes}-byte limit",
+                        CLOSE_TOO_LARGE,
+                    )
+                if data is not None:
+                    if self.stopped:
+                        raise ProtocolError("bad_message", "audio after stop is ignored")
+                    pcm = self.session.decoder.decode(data)
+                    self.pending.append(pcm)
+                    self.pending_samples += pcm.size
+                    self.wake.set()
+                elif text is not None:
+                    control = parse_client_text(text)
+                    if self.stopped:
+                        raise ProtocolError("bad_message", "the stream is stopping")
+                    if isinstance(control, Finalize):
+                        self.finalize = True
+                    else:
+                        self.stopped = True
+                    self.wake.set()
+            except ProtocolError as exc:
+                await self.fail(exc)
+
+    async def process_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            pcm = np.concatenate(self.pending) if self.pending else np.zeros(0, np.int16)
+            self.pending, self.pending_samples = [], 0
+            self.room.set()
+            stopping = self.stopped
+            if stopping:
+                pcm = np.concatenate([pcm, self.session.decoder.flush()])
+            finalize, self.finalize = self.finalize or stopping, False
+            if pcm.size or finalize:
+                await self.process(pcm, finalize)
+            if stopping:
+                await self.send(End(duration=round(self.session.decoder.seconds_in, 3)).to_json())
+                async with self.send_lock:
+                    await self.ws.close(CLOSE_NORMAL)
+                return
+
+    async def process(self, pcm: np.ndarray, finalize: bool) -> None:
+        session = self.session
+        for attempt in range(CALL_ATTEMPTS):
+            try:
+                processed = await self.buffer_manager.process.remote(session.state, pcm, finalize)
+                break
+            except RETRYABLE as exc:
+                log.warning("stream %s: BufferManager call failed (%s); retry %d", session.id, exc, attempt + 1)
+        else:
+            await self.fail(ProtocolError("internal", "the recognizer is unavailable; try again", CLOSE_INTERNAL))
+            return
+        session.state = processed.state
+        for message in processed.messages:
+            if isinstance(message, Partial):
+                if not session.params.interim_results:
+                    continue
+                session.partials_sent += 1
+            elif isinstance(message, Final):
+                session.finals_sent += 1
+            await self.send(message.to_json())

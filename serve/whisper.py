@@ -1,0 +1,63 @@
+"""The Whisper deployment: requests of many streams decoded in one batched engine call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from ray import serve
+
+from serve.core.engine import BatchedWhisper, DecodeRequest, DecodeResult, EngineOptions
+from serve.core.settings import BatchOptions
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """One item's failure, returned in its place so the rest of the batch succeeds."""
+
+    kind: str
+    message: str
+
+
+@serve.deployment(name="Whisper", max_ongoing_requests=256)
+class Whisper:
+    def __init__(self, engine: dict | None = None) -> None:
+        self.engine = BatchedWhisper(EngineOptions.model_validate(engine or {}))
+        self.batch_sizes: Counter[int] = Counter()
+        self.decode_seconds = 0.0
+        log.info("Whisper %s on %s (%s)", self.engine.model_name, self.engine.device, self.engine.compute_type)
+
+    def reconfigure(self, config: dict) -> None:
+        """Live knobs from ``user_config``: batch size and wait."""
+        options = BatchOptions.model_validate(config or {})
+        self.transcribe.set_max_batch_size(options.max_batch_size)
+        self.transcribe.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        log.info("Whisper batching: %s", options)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def transcribe(self, requests: list[DecodeRequest]) -> list[DecodeResult | DecodeFailure]:
+        # The engine call blocks for the whole batch: keep it off the replica's event loop.
+        results = await asyncio.to_thread(self.engine.transcribe_batch, requests)
+        self.batch_sizes[len(requests)] += 1
+        self.decode_seconds += self.engine.stats.seconds
+        return [
+            DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in results
+        ]
+
+    def info(self) -> dict:
+        """Model facts and what batching did so far (tests and the bench read this)."""
+        return {
+            "model": self.engine.model_name,
+            "device": self.engine.device,
+            "compute_type": self.engine.compute_type,
+            "multilingual": self.engine.multilingual,
+            "max_batch_size": self.transcribe._get_max_batch_size(),
+            "batch_wait_timeout_s": self.transcribe._get_batch_wait_timeout_s(),
+            "batch_sizes": dict(self.batch_sizes),
+            "batches": sum(self.batch_sizes.values()),
+            "decode_seconds": round(self.decode_seconds, 3),
+        }

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from serve.core.audio import load_audio
+from serve.core.engine import DecodeRequest
+from serve.core.words import comparable
+
+
+def _words(result):
+    return [comparable(w.word) for w in result.words]
+
+
+def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest):
+    clips = [item for item in manifest if item.subset == "short"][:8]
+    requests = [DecodeRequest(load_audio(item.path)) for item in clips]
+    singles = [engine.transcribe(r) for r in requests]
+    batched = engine.transcribe_batch(requests)
+    assert engine.stats.engine_calls == 1 and engine.stats.size == 8
+    for single, batch in zip(singles, batched):
+        assert not isinstance(batch, Exception)
+        assert _words(batch) == _words(single)
+        assert len(_words(batch)) >= 3
+    assert len({tuple(_words(b)) for b in batched}) == 8  # no item got another's text
+
+
+def test_each_item_keeps_its_own_prompt(engine, by_id):
+    audio = load_audio(by_id["ls-1089-134691-0000"].path)
+    plain, prompted = engine.transcribe_batch([DecodeRequest(audio), DecodeRequest(audio, prompt="For a full hour he had paced up and down.")])
+    assert _words(plain) == _words(engine.transcribe(DecodeRequest(audio)))
+    assert _words(prompted) == _words(engine.transcribe(DecodeRequest(audio, prompt="For a full hour he had paced up and down.")))
+
+
+def test_a_bad_item_fails_alone(engine, by_id):
+    good = load_audio(by_id["jfk"].path)
+    requests = [
+        DecodeRequest(good),
+        DecodeRequest(np.zeros(16_000 * 31, np.float32)),  # over Whisper's 30 s
+        DecodeRequest(good, language="de"),  # tiny.en is English-only
+        DecodeRequest(np.zeros(0, np.float32)),
+    ]
+    results = engine.transcribe_batch(requests)
+    assert "ask not what your country" in " ".join(_words(results[0]))
+    assert isinstance(results[1], ValueError) and "30 s" in str(results[1])
+    assert isinstance(results[2], ValueError) and "English-only" in str(results[2])
+    assert not isinstance(results[3], Exception) and results[3].words == []
+
+
+def test_word_times_are_inside_the_window_and_ordered(engine, by_id):
+    audio = load_audio(by_id["jfk"].path)
+    words = engine.transcribe(DecodeRequest(audio)).words
+    assert words
+    for a, b in zip(words, words[1:]):
+        assert a.start <= a.end <= b.end
+    assert words[-1].end <= audio.size / 16_000 + 1e-6
+
+
+def test_silence_gives_no_words(engine):
+    result = engine.transcribe(DecodeRequest(np.zeros(16_000 * 3, np.float32)))
+    assert result.words == []
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_int16_and_float32_audio_agree(engine, by_id, dtype):
+    audio = load_audio(by_id["ls-1089-134691-0000"].path)
+    pcm = (audio * 32767).astype(np.int16) if dtype is np.int16 else audio
+    assert "could wait no longer" in " ".join(_words(engine.transcribe(DecodeRequest(pcm))))
