@@ -76,3 +76,64 @@ def pcm16(path: Path) -> np.ndarray:
     from serve.core.audio import load_audio, to_int16
 
     return to_int16(load_audio(path))
+
+
+# -- the running application (one Ray instance and one Serve app for the whole session) ----
+
+
+@dataclass
+class Service:
+    http: str
+    ws: str
+    args: dict
+
+    def summary(self) -> dict:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.http}/metrics/summary", timeout=30) as response:
+            return json.loads(response.read())
+
+    def redeploy(self, args: dict) -> None:
+        """What `serve deploy` does with an edited serve.yaml: same app, new args."""
+        from ray import serve
+
+        from serve.app import build_app
+
+        serve.run(build_app(args), name="asr", route_prefix="/", blocking=False)
+        self.args = args
+
+
+def serve_yaml() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "serve.yaml").read_text())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service():
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = serve_yaml()["applications"][0]["args"]
+    serve.run(build_app(args), name="asr", route_prefix="/")
+    yield Service(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/listen", args)
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def service_url(service: Service) -> str:
+    return service.http

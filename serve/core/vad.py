@@ -31,7 +31,7 @@ class VadOptions(BaseModel):
         None, gt=0.0, lt=1.0, description="Probability below which a frame counts as silence; default threshold - 0.15."
     )
     min_silence_ms: int = Field(
-        500, ge=100, le=10_000, description="Silence that ends a speech segment (endpointing): the final is committed then."
+        1000, ge=100, le=10_000, description="Silence that ends a speech segment (endpointing): the final is committed then."
     )
     speech_pad_ms: int = Field(
         300, ge=0, le=2_000, description="Audio kept before speech starts and after it ends, so word edges are not cut."

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install the service's packages and run it: http://127.0.0.1:8000/ (page), ws://…/v1/listen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --disable-pip-version-check -r requirements.txt
+exec serve run serve.yaml "$@"

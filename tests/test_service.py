@@ -1,0 +1,201 @@
+"""The application under Ray Serve, driven over real WebSockets with real speech."""
+
+import asyncio
+import copy
+import json
+
+import numpy as np
+import pytest
+import websockets
+
+from serve.bench_metrics import normalize_text, pooled_wer
+from serve.client import stream_file
+from serve.core.audio import load_audio
+from serve.offline import OfflineTranscriber
+
+pytestmark = pytest.mark.serve
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return OfflineTranscriber()
+
+
+def check_finals(finals, duration):
+    end = 0.0
+    for final in finals:
+        assert end <= final["start"] <= final["end"] <= duration + 1e-3
+        end = final["end"]
+
+
+def test_healthz_and_page(service):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{service.http}/healthz") as response:
+        body = json.loads(response.read())
+    assert body["status"] == "ok" and body["model"] == "tiny.en"
+    with urllib.request.urlopen(f"{service.http}/") as response:
+        assert b"<html" in response.read().lower()
+
+
+def test_a_long_file_end_to_end(service, by_id, offline):
+    item = by_id["ls-multispeaker-stream"]
+    audio = load_audio(item.path)
+    result = asyncio.run(stream_file(audio, service.ws, speed=2.0))
+    assert [m["type"] for m in result.messages][-1] == "end"
+    assert result.of_type("end")[0]["duration"] == pytest.approx(audio.size / 16_000, abs=0.01)
+    assert result.close_code == 1000
+    check_finals(result.finals, audio.size / 16_000)
+    streamed = pooled_wer([(item.text, result.text)])
+    reference = pooled_wer([(item.text, offline.transcribe(item.path))])
+    print(f"streamed WER {streamed:.3f}, offline WER {reference:.3f}")
+    assert streamed <= 1.10 * reference + 0.005
+
+
+def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
+    seen, clips = set(), []
+    for item in manifest:
+        if item.subset == "short" and item.id.startswith("ls-") and item.speaker not in seen and 5 < item.duration_s < 16:
+            seen.add(item.speaker)
+            clips.append(item)
+    clips = clips[:4]
+    assert len(clips) == 4
+    before = service.summary()["whisper"]["batch_sizes"]
+
+    async def all_at_once():
+        return await asyncio.gather(*(stream_file(load_audio(c.path), service.ws, speed=1.0) for c in clips))
+
+    results = asyncio.run(all_at_once())
+    after = service.summary()["whisper"]["batch_sizes"]
+    for clip, result in zip(clips, results):
+        own = set(normalize_text(clip.text).split())
+        words = normalize_text(result.text).split()
+        assert pooled_wer([(clip.text, result.text)]) <= 0.35, (clip.id, result.text)
+        for other in clips:
+            if other is clip:
+                continue
+            foreign = set(normalize_text(other.text).split()) - own
+            # Words only the other speaker said: at most one by coincidence (a misrecognition).
+            assert len([w for w in words if w in foreign and len(w) > 3]) <= 1, (clip.id, other.id, result.text)
+    formed = {int(size): count - before.get(size, 0) for size, count in after.items()}
+    assert any(size > 1 and count > 0 for size, count in formed.items()), formed
+
+
+async def _open(service, query=""):
+    ws = await websockets.connect(f"{service.ws}{query}")
+    ready = json.loads(await ws.recv())
+    return ws, ready
+
+
+async def _until_closed(ws):
+    messages = []
+    try:
+        async for raw in ws:
+            messages.append(json.loads(raw))
+    except websockets.ConnectionClosedError:
+        pass
+    return messages
+
+
+@pytest.mark.parametrize(
+    "query,code,close",
+    [
+        ("?sample_rate=abc", "bad_audio", 1003),
+        ("?sample_rate=5", "bad_audio", 1003),
+        ("?encoding=mp3", "bad_audio", 1003),
+        ("?language=klingon", "bad_message", 1008),
+        ("?interim_results=maybe", "bad_message", 1008),
+        ("?colour=blue", "bad_message", 1008),
+        ("?task=summarize", "bad_message", 1008),
+    ],
+)
+def test_bad_query_params_are_refused(service, query, code, close):
+    async def go():
+        ws = await websockets.connect(f"{service.ws}{query}")
+        messages = await _until_closed(ws)
+        return messages, ws.close_code
+
+    messages, close_code = asyncio.run(go())
+    assert messages and messages[0]["type"] == "error" and messages[0]["code"] == code
+    assert close_code == close
+
+
+def test_bad_control_messages_do_not_end_the_stream(service, by_id):
+    audio = load_audio(by_id["ls-1089-134691-0000"].path)
+
+    async def go():
+        ws, ready = await _open(service, "?encoding=s16le")
+        assert ready["type"] == "ready" and ready["sample_rate"] == 16000 and ready["session"]
+        await ws.send("this is not json")
+        first = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "rewind"}))
+        second = json.loads(await ws.recv())
+        await ws.send((audio * 32767).astype("<i2").tobytes())
+        await ws.send(json.dumps({"type": "stop"}))
+        rest = await _until_closed(ws)
+        return first, second, rest, ws.close_code
+
+    first, second, rest, close = asyncio.run(go())
+    assert first["type"] == "error" and first["code"] == "bad_message"
+    assert second["type"] == "error" and second["code"] == "bad_message" and "rewind" in second["message"]
+    assert "could wait no longer" in normalize_text(" ".join(m["text"] for m in rest if m["type"] == "final"))
+    assert rest[-1]["type"] == "end" and close == 1000
+
+
+@pytest.mark.parametrize(
+    "frame,code,close",
+    [
+        (b"\x00\x00\x80", "bad_audio", 1003),  # 3 bytes of f32le
+        (np.array([0.0, np.nan], "<f4").tobytes(), "bad_audio", 1003),
+        (b"\x00" * (1 << 20 | 4), "too_large", 1009),
+    ],
+)
+def test_bad_audio_frames_close_the_stream(service, frame, code, close):
+    async def go():
+        ws, _ = await _open(service)
+        await ws.send(frame)
+        return await _until_closed(ws), ws.close_code
+
+    messages, close_code = asyncio.run(go())
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == code
+    assert close_code == close
+
+
+def test_finalize_commits_mid_stream(service, by_id):
+    audio = load_audio(by_id["ls-1089-134686-0000"].path)[: 16_000 * 4]
+
+    async def go():
+        ws, _ = await _open(service)
+        for i in range(0, audio.size, 16_000):
+            await ws.send(audio[i : i + 16_000].astype("<f4").tobytes())
+        await ws.send(json.dumps({"type": "finalize"}))
+        got = []
+        while not got or got[-1]["type"] != "final" or "carrots" not in got[-1]["text"].lower():
+            got.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+        await ws.send(json.dumps({"type": "stop"}))
+        return got + await _until_closed(ws)
+
+    messages = asyncio.run(go())
+    assert messages[-1]["type"] == "end"
+
+
+def test_max_batch_size_changes_live_without_dropping_a_stream(service, by_id):
+    item = by_id["ls-1089-134686-0000"]
+    audio = load_audio(item.path)
+    original = service.args
+    changed = copy.deepcopy(original)
+    changed["batching"]["max_batch_size"] = 3
+
+    async def go():
+        streaming = asyncio.create_task(stream_file(audio, service.ws, speed=1.0))
+        await asyncio.sleep(3)
+        await asyncio.to_thread(service.redeploy, changed)
+        return await streaming
+
+    try:
+        result = asyncio.run(go())
+        assert result.of_type("end") and result.close_code == 1000
+        assert pooled_wer([(item.text, result.text)]) <= 0.35
+        assert service.summary()["whisper"]["max_batch_size"] == 3
+    finally:
+        service.redeploy(original)

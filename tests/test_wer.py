@@ -1,0 +1,39 @@
+"""Accuracy on real speech: streaming through the core vs the same model offline."""
+
+import pytest
+
+from serve.bench_metrics import normalize_text, pooled_wer
+from serve.core.messages import Final
+from serve.core.stream import StreamState
+from serve.offline import OfflineTranscriber
+from tests.conftest import pcm16
+
+
+def stream_text(processor, engine, path) -> str:
+    pcm = pcm16(path)
+    state, messages = StreamState(), []
+    for i in range(0, pcm.size, 16_000):
+        messages += processor.process(state, pcm[i : i + 16_000], engine.transcribe)
+    messages += processor.close(state, engine.transcribe)
+    return " ".join(m.text for m in messages if isinstance(m, Final))
+
+
+@pytest.mark.parametrize("subset", ["short", "long"])
+def test_streaming_wer_is_within_ten_percent_of_offline(processor, engine, manifest, subset):
+    items = [item for item in manifest if item.subset == subset]
+    offline = OfflineTranscriber()
+    streamed = [(item.text, stream_text(processor, engine, item.path)) for item in items]
+    reference = [(item.text, offline.transcribe(item.path)) for item in items]
+    streamed_wer, offline_wer = pooled_wer(streamed), pooled_wer(reference)
+    print(f"{subset}: {len(items)} files, streaming WER {streamed_wer:.4f}, offline WER {offline_wer:.4f}, "
+          f"ratio {streamed_wer / offline_wer:.3f}")
+    assert streamed_wer <= 1.10 * offline_wer
+
+
+def test_nonspeech_yields_at_most_two_words(processor, engine, manifest):
+    items = [item for item in manifest if item.subset == "nonspeech"]
+    assert len(items) >= 10
+    texts = {item.id: stream_text(processor, engine, item.path) for item in items}
+    words = sum(len(normalize_text(t).split()) for t in texts.values())
+    print(f"nonspeech: {words} words over {len(items)} files: {texts}")
+    assert words <= 2, texts
