@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,6 +62,10 @@ class DecodeRequest:
 
     audio: np.ndarray
     prompt: str = ""
+    """Text said before this window (Whisper's previous-text prompt)."""
+    prefix: str = ""
+    """Text already committed for the start of this window: the decoder is made to begin with
+    it, and only the words after it come back."""
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
 
@@ -220,10 +225,13 @@ class BatchedWhisper:
             for i in undetected:
                 items[i].language = detected[i][0][0][2:-2]
         tokenizers = [self._tokenizer(item.language or "en", item.request.task) for item in items]
-        prompts = []
+        prompts, prefix_lengths = [], []
         for item, tokenizer in zip(items, tokenizers):
             previous = tokenizer.encode(" " + item.request.prompt.strip()) if item.request.prompt.strip() else []
-            prompts.append(self.model.get_prompt(tokenizer, previous, without_timestamps=True))
+            prefix = item.request.prefix.strip() or None
+            prompt = self.model.get_prompt(tokenizer, previous, without_timestamps=True, prefix=prefix)
+            prompts.append(prompt)
+            prefix_lengths.append(len(prompt) - prompt.index(tokenizer.no_timestamps) - 1)
         generated = self.model.model.generate(
             encoded,
             prompts,
@@ -236,21 +244,22 @@ class BatchedWhisper:
         )
         tokens = []
         results = []
-        for item, tokenizer, out in zip(items, tokenizers, generated):
+        for item, tokenizer, out, n_prefix in zip(items, tokenizers, generated, prefix_lengths):
+            # The result repeats the forced prefix; only what follows it is new.
             ids = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
             avg_logprob = out.scores[0] * len(out.sequences_ids[0]) / (len(out.sequences_ids[0]) + 1)
             result = DecodeResult([], item.language or "en", out.no_speech_prob, avg_logprob)
-            text = tokenizer.decode(ids)
+            text = tokenizer.decode(ids[n_prefix:])
             if out.no_speech_prob > self.options.no_speech_threshold and avg_logprob < self.options.log_prob_threshold:
-                result.dropped, ids = "silence", []
+                result.dropped = "silence"
             elif text.strip() and get_compression_ratio(text) > self.options.compression_ratio_threshold:
-                result.dropped, ids = "repetition", []
-            tokens.append(ids)
+                result.dropped = "repetition"
+            tokens.append([] if result.dropped or len(ids) <= n_prefix else ids)
             results.append(result)
-        self._align(items, tokenizers, encoded, tokens, results)
+        self._align(items, tokenizers, encoded, tokens, prefix_lengths, results)
         return results
 
-    def _align(self, items, tokenizers, encoded, tokens, results) -> None:  # type: ignore[no-untyped-def]
+    def _align(self, items, tokenizers, encoded, tokens, prefix_lengths, results) -> None:  # type: ignore[no-untyped-def]
         """Word timestamps for every item, one align call per start sequence (items without text align to nothing)."""
         from faster_whisper.transcribe import get_ctranslate2_storage, merge_punctuations
 
@@ -276,11 +285,12 @@ class BatchedWhisper:
             for i, alignment in zip(members, alignments):
                 merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
                 limit = items[i].frames / self.model.frames_per_second
-                results[i].words = [
-                    Word(a["word"], round(min(float(a["start"]), limit), 3), round(min(float(a["end"]), limit), 3), float(a["probability"]))
-                    for a in alignment
-                    if a["word"]
-                ]
+                seen = 0  # tokens of the words so far: the prefix's words are not returned
+                for a in alignment:
+                    seen += len(a["tokens"])
+                    if a["word"] and seen > prefix_lengths[i]:
+                        start, end = min(float(a["start"]), limit), min(float(a["end"]), limit)
+                        results[i].words.append(Word(a["word"], round(start, 3), round(end, 3), float(a["probability"])))
 
 
 @dataclass

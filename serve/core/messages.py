@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -25,7 +25,7 @@ class Stop(BaseModel):
     type: Literal["stop"]
 
 
-ClientMessage = Annotated[Union[Finalize, Stop], Field(discriminator="type")]
+ClientMessage = Annotated[Finalize | Stop, Field(discriminator="type")]
 _client_adapter: TypeAdapter[Finalize | Stop] = TypeAdapter(ClientMessage)
 
 
@@ -107,5 +107,5 @@ class End(_ServerMessage):
     duration: float
 
 
-ServerMessage = Annotated[Union[Ready, Partial, Final, Error, End], Field(discriminator="type")]
+ServerMessage = Annotated[Ready | Partial | Final | Error | End, Field(discriminator="type")]
 server_message_adapter: TypeAdapter[Ready | Partial | Final | Error | End] = TypeAdapter(ServerMessage)

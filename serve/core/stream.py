@@ -16,9 +16,10 @@ Finals are never revised, never overlap and their timestamps only increase.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,10 @@ from serve.core.engine import DecodeRequest, DecodeResult
 from serve.core.messages import Final, Partial
 from serve.core.vad import SileroVad, SpeechSegment, VadOptions, VadState, segment
 from serve.core.words import Word, comparable, join_words
+
+
+REPEAT_TOLERANCE_S = 0.3
+"""A first new word equal to the last committed one and starting this soon after it is a repeat."""
 
 
 class StreamingOptions(BaseModel):
@@ -47,6 +52,14 @@ class StreamingOptions(BaseModel):
     )
     force_margin_s: float = Field(
         1.0, ge=0.0, le=2.0, description="On a forced commit, words ending this close to the window's end stay tentative."
+    )
+    context_s: float = Field(
+        5.0, ge=0.0, le=10.0,
+        description="Committed audio kept at the start of the next window (its words forced as the decoder's prefix), "
+        "so a new utterance is heard in context.",
+    )
+    context_gap_s: float = Field(
+        2.0, ge=0.0, le=10.0, description="Silence after which that context is dropped instead of decoded again."
     )
     prompt_chars: int = Field(200, ge=0, le=800, description="Committed text fed back to Whisper as its prompt.")
 
@@ -146,9 +159,11 @@ class StreamProcessor:
         """With no speech pending, keep only the pre-roll pad before the next speech."""
         if state.closed or state.vad.open_segment is not None:
             return
-        state.trim_to(state.received - self.options.vad.pad_samples)
         state.hypothesis = []
-        state.committed = []
+        gap = state.received / SAMPLE_RATE - state.last_final_end
+        if state.committed and gap <= self.options.context_gap_s:
+            return  # a short pause: the next utterance is decoded after this context
+        self._trim(state, state.received - self.options.vad.pad_samples)
 
     # -- what to decode -------------------------------------------------------
     def next_window(self, state: StreamState) -> Window | None:
@@ -172,7 +187,11 @@ class StreamProcessor:
 
     def request(self, state: StreamState, window: Window) -> DecodeRequest:
         return DecodeRequest(
-            state.window_audio(window), prompt=state.prompt, language=state.language, task=state.task
+            state.window_audio(window),
+            prompt=state.prompt,
+            prefix=join_words(state.committed),
+            language=state.language,
+            task=state.task,
         )
 
     # -- results in -----------------------------------------------------------
@@ -180,14 +199,19 @@ class StreamProcessor:
         """Fold one decode of ``window`` into the state; returns the messages to send."""
         if state.language is None and result.language:
             state.language = result.language  # auto-detected once, then pinned for the stream
-        words = self._new_words(state, [w.shifted(window.start / SAMPLE_RATE) for w in result.words])
+        # The committed words of the window were forced as the prefix: these are all new...
+        words = [w.shifted(window.start / SAMPLE_RATE) for w in result.words]
+        # ...except that Whisper sometimes says the prefix's last word again, at the same time.
+        if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
+            if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
+                words = words[1:]
         messages: list[Message] = []
         if window.kind is WindowKind.FINAL:
             self._commit(state, words, messages)
             state.closed.pop(0)
-            following = state.closed[0].start if state.closed else state.vad.open_segment.start if state.vad.open_segment else None
-            cut = window.end if following is None else min(window.end, following - self.options.vad.pad_samples)
-            self._trim(state, cut)
+            following = state.closed[0] if state.closed else state.vad.open_segment
+            end = window.end if following is None else min(window.end, following.start - self.options.vad.pad_samples)
+            self._trim(state, self._context_cut(state, end))
             state.hypothesis = []
             state.partial_text = ""
             self._drop_silence(state)
@@ -205,7 +229,7 @@ class StreamProcessor:
         state.hypothesis = words[agreed:]
         state.decoded_until = max(state.decoded_until, window.end)
         if window.kind is WindowKind.FORCE:
-            cut = int(state.last_final_end * SAMPLE_RATE) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
+            cut = self._context_cut(state, window.end) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
             self._trim(state, max(cut, window.start + SAMPLE_RATE // 2))
         text = join_words(state.hypothesis)
         if text != state.partial_text:
@@ -215,17 +239,6 @@ class StreamProcessor:
             else:
                 messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
         return messages
-
-    def _new_words(self, state: StreamState, words: list[Word]) -> list[Word]:
-        """Drop words of a hypothesis that are already committed."""
-        words = [w for w in words if w.end > state.last_final_end]
-        tail = [comparable(w.word) for w in state.committed[-5:]]
-        if words and tail and words[0].start < state.last_final_end + 1.0:
-            head = [comparable(w.word) for w in words[:5]]
-            for n in range(min(len(tail), len(head)), 0, -1):
-                if tail[-n:] == head[:n]:
-                    return words[n:]
-        return words
 
     def _commit(self, state: StreamState, words: list[Word], messages: list[Message]) -> None:
         if not words:
@@ -242,12 +255,22 @@ class StreamProcessor:
         state.finals += 1
         messages.append(Final.from_words(final_words))
 
+    def _context_cut(self, state: StreamState, end: int) -> int:
+        """Where to trim so that only the committed words of the last ``context_s`` before ``end`` stay."""
+        keep_from = end / SAMPLE_RATE - self.options.context_s
+        previous_end = state.audio_start / SAMPLE_RATE
+        for w in state.committed:
+            if w.start >= keep_from and self.options.context_s > 0:
+                return int(previous_end * SAMPLE_RATE)  # at the word boundary before it
+            previous_end = w.end
+        return end
+
     def _trim(self, state: StreamState, sample: int) -> None:
         """Trim the window; committed words before the cut become the prompt."""
         state.trim_to(sample)
         cut = state.audio_start / SAMPLE_RATE
-        gone = [w for w in state.committed if w.end <= cut]
-        state.committed = [w for w in state.committed if w.end > cut]
+        gone = [w for w in state.committed if w.start < cut]
+        state.committed = [w for w in state.committed if w.start >= cut]
         if gone and self.options.prompt_chars:
             state.prompt = (state.prompt + "".join(w.word for w in gone))[-self.options.prompt_chars :]
 
