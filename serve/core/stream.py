@@ -10,7 +10,10 @@ Commit rules (LocalAgreement-2, as in ufal/whisper_streaming):
 - when the VAD hears the speaker pause (endpointing) or the client sends
   ``finalize``, the whole utterance is decoded once more and everything is final;
 - the window never grows past ``max_buffer_s``: before that, words are force-committed
-  and the audio is trimmed at the last committed word.
+  and the audio is trimmed at a committed word boundary;
+- after a commit, up to ``context_s`` of committed audio stays at the window's start and
+  its words are forced as the decoder's prefix, so the next words are heard in context
+  and only new words come back.
 Finals are never revised, never overlap and their timestamps only increase.
 """
 
@@ -42,7 +45,7 @@ class StreamingOptions(BaseModel):
 
     vad: VadOptions = Field(default_factory=VadOptions)
     min_step_s: float = Field(
-        1.0, ge=0.1, le=10.0, description="New voiced audio needed before the window is decoded again (partials)."
+        1.5, ge=0.1, le=10.0, description="New voiced audio needed before the window is decoded again (partials)."
     )
     max_buffer_s: float = Field(
         15.0, ge=3.0, le=29.0, description="Uncommitted audio is force-committed before it grows past this."
@@ -101,7 +104,7 @@ class StreamState:
     hypothesis: list[Word] = field(default_factory=list)
     """The last decode's uncommitted words (absolute times)."""
     committed: list[Word] = field(default_factory=list)
-    """Committed words still inside the window, to drop them from new hypotheses."""
+    """Committed words still inside the window: the decoder is made to begin with them (prefix)."""
     prompt: str = ""
     last_final_end: float = 0.0
     decoded_until: int = 0
@@ -156,7 +159,7 @@ class StreamProcessor:
             state.closed.append(SpeechSegment(state.audio_start, state.received))
 
     def _drop_silence(self, state: StreamState) -> None:
-        """With no speech pending, keep only the pre-roll pad before the next speech."""
+        """With no speech pending, keep only the pre-roll pad (plus the context, during a short pause)."""
         if state.closed or state.vad.open_segment is not None:
             return
         state.hypothesis = []
