@@ -47,43 +47,14 @@ from typing import Any
 import numpy as np
 
 from serve import bench_metrics as bm
+from serve.eval_set import EvalItem, eval_dir, load_items
 
 SAMPLE_RATE = 16000
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/listen"
 
 
-def eval_dir() -> Path:
-    return Path(os.environ.get("ASR_EVAL_DIR", REPO.parent / "shared" / "eval")).resolve()
-
-
 # -- inputs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    id: str
-    path: Path
-    text: str
-    subset: str
-    duration_s: float
-
-
-def load_items(manifest: Path, subsets: Sequence[str]) -> list[EvalItem]:
-    """Manifest rows of the given subsets; ``path`` is relative to the manifest's folder."""
-    items = []
-    with open(manifest) as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if row.get("subset", "") in subsets:
-                items.append(
-                    EvalItem(
-                        row["id"], manifest.parent / row["path"], row["text"], row.get("subset", ""), row["duration_s"]
-                    )
-                )
-    return items
 
 
 def read_pcm16(path: Path) -> np.ndarray:

@@ -24,15 +24,7 @@ from serve.core.audio import SAMPLE_RATE, load_audio, to_int16
 from serve.core.engine import BatchedWhisper, DecodeRequest
 from serve.core.stream import StreamProcessor, StreamState
 from serve.core.vad import CONTEXT, FRAME, SileroVad, VadState
-
-
-def eval_dir() -> Path:
-    return Path(os.environ.get("ASR_EVAL_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "eval"))
-
-
-def manifest(subset: str) -> list[dict]:
-    rows = [json.loads(line) for line in (eval_dir() / "manifest.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("subset") == subset]
+from serve.eval_set import load_items
 
 
 def vad_costs(audio: np.ndarray) -> dict[str, float]:
@@ -106,16 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     from serve.core.engine import EngineOptions
 
     engine = BatchedWhisper(EngineOptions(device=args.device))
-    short = manifest("short")
-    clips = [load_audio(eval_dir() / r["path"]) for r in short if 4 < r["duration_s"] < 15][:16]
-    long_item = next(r for r in manifest("long") if r["id"] == "ls-multispeaker-stream")
-    long_audio = load_audio(eval_dir() / long_item["path"])
+    clips = [load_audio(item.path) for item in load_items(subsets=["short"]) if 4 < item.duration_s < 15][:16]
+    long_item = next(item for item in load_items(subsets=["long"]) if item.id == "ls-multispeaker-stream")
+    long_audio = load_audio(long_item.path)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; model {engine.model_name} on {engine.device} ({engine.compute_type})")
 
     print("1. Silero VAD per 32 ms frame")
     vad = vad_costs(long_audio[: SAMPLE_RATE * 30])
     print(f"  onnxruntime {vad['onnx_us_per_frame']} µs   torchscript {vad['jit_us_per_frame']} µs   ratio {vad['jit_us_per_frame'] / vad['onnx_us_per_frame']:.2f}x")
-    print(f"2. one live stream, {long_item['id']} in 1 s chunks")
+    print(f"2. one live stream, {long_item.id} in 1 s chunks")
     rtf = stream_rtf(engine, long_audio)
     print(f"  {rtf['processing_s']} s for {rtf['audio_s']} s of audio: real-time factor {rtf['rtf']} ({rtf['decodes']} decodes)")
     print("3. batched vs loop (windows of different clips)")

@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serve.eval_set import EvalItem, eval_dir, load_items
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    id: str
-    path: Path
-    text: str
-    subset: str
-    duration_s: float
-    speaker: str
-
-
-def eval_dir() -> Path:
-    return Path(os.environ.get("ASR_EVAL_DIR", REPO.parent / "shared" / "eval")).resolve()
-
-
-def load_manifest() -> list[EvalItem]:
-    root = eval_dir()
-    items = []
-    with open(root / "manifest.jsonl") as fh:
-        for line in fh:
-            row = json.loads(line)
-            items.append(
-                EvalItem(row["id"], root / row["path"], row["text"], row.get("subset", ""), row["duration_s"], row.get("speaker", ""))
-            )
-    return items
 
 
 @pytest.fixture(scope="session")
 def manifest() -> list[EvalItem]:
-    items = load_manifest()
+    items = load_items()
     assert items, f"no evaluation audio under {eval_dir()} (set ASR_EVAL_DIR)"
     return items
 

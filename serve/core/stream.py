@@ -33,7 +33,6 @@ from serve.core.messages import Final, Partial
 from serve.core.vad import SileroVad, SpeechSegment, VadOptions, VadState, segment
 from serve.core.words import Word, comparable, join_words
 
-
 REPEAT_TOLERANCE_S = 0.3
 """A first new word equal to the last committed one and starting this soon after it is a repeat."""
 
