@@ -132,6 +132,9 @@ class SocketStream:
                 break
             except RETRYABLE as exc:
                 log.warning("stream %s: BufferManager call failed (%s); retry %d", session.id, exc, attempt + 1)
+            except Exception:  # a bug or a failed decode: tell the client, never drop it silently
+                log.exception("stream %s: processing failed", session.id)
+                await self.fail(ProtocolError("internal", "the recognizer failed on this stream", CLOSE_INTERNAL))
         else:
             await self.fail(ProtocolError("internal", "the recognizer is unavailable; try again", CLOSE_INTERNAL))
             return
