@@ -587,11 +587,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     ax.axhline(results["criteria"]["slo_s"], color="red", linewidth=0.8, label="SLO")
     ax.set(xlabel="concurrent streams", ylabel="lag (s)", title="Lag vs load")
     _stream_axis(ax, results)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "lag_vs_n.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(fig, ax, out / "lag_vs_n.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for service in services:
@@ -611,11 +607,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         )
     ax.set(xlabel="concurrent streams", ylabel="WER", title="WER vs load")
     _stream_axis(ax, results)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "wer_vs_n.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(fig, ax, out / "wer_vs_n.png"))
 
     histograms = [(r, r["server"]["batch_sizes"]) for r in results["runs"] if r["server"]["batch_sizes"]]
     if histograms:
@@ -632,12 +624,18 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             )
         ax.set(xlabel="batch size", ylabel="batches", title="Batch sizes (server)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / "batch_sizes.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, ax, out / "batch_sizes.png"))
     return written
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _stream_axis(ax: Any, results: dict[str, Any]) -> None:
