@@ -41,9 +41,9 @@ class StreamParams(BaseModel):
         if unknown:
             raise ProtocolError("bad_message", f"unknown query parameter(s): {', '.join(unknown)}", CLOSE_POLICY)
         raw = dict(query)
-        for flag in ("interim_results",):
-            if flag in raw and raw[flag].lower() not in ("true", "false", "1", "0"):
-                raise ProtocolError("bad_message", f"{flag} must be true or false, not {raw[flag]!r}", CLOSE_POLICY)
+        flag = raw.get("interim_results")
+        if flag is not None and flag.lower() not in ("true", "false", "1", "0"):
+            raise ProtocolError("bad_message", f"interim_results must be true or false, not {flag!r}", CLOSE_POLICY)
         try:
             params = cls.model_validate(raw)
         except ValidationError as exc:
