@@ -9,7 +9,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from serve.core.errors import CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_LARGE, ProtocolError
-from serve.core.messages import End, Error, Final, Finalize, Partial, parse_client_text
+from serve.core.messages import End, Error, Finalize, Partial, parse_client_text
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
 
@@ -140,10 +140,6 @@ class SocketStream:
             return
         session.state = processed.state
         for message in processed.messages:
-            if isinstance(message, Partial):
-                if not session.params.interim_results:
-                    continue
-                session.partials_sent += 1
-            elif isinstance(message, Final):
-                session.finals_sent += 1
+            if isinstance(message, Partial) and not session.params.interim_results:
+                continue
             await self.send(message.to_json())

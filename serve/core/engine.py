@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -93,9 +93,6 @@ class BatchStats:
     size: int = 0
     seconds: float = 0.0
     engine_calls: int = 0
-    calls_total: int = 0
-    items_total: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 def _auto_device(device: str) -> str:
@@ -170,10 +167,6 @@ class BatchedWhisper:
         stats = self.stats
         stats.size, stats.engine_calls = len(prepared), calls
         stats.seconds = time.perf_counter() - started
-        stats.calls_total += 1
-        stats.items_total += len(requests)
-        stats.sizes.append(len(prepared))
-        del stats.sizes[:-1000]
         return [r if r is not None else RuntimeError("no result") for r in results]
 
     # -- internals ------------------------------------------------------------

@@ -70,8 +70,6 @@ class Session:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     state: StreamState = field(init=False)
     decoder: PcmDecoder = field(init=False)
-    finals_sent: int = 0
-    partials_sent: int = 0
 
     def __post_init__(self) -> None:
         language = None if self.params.language == "auto" else self.params.language

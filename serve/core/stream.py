@@ -108,7 +108,6 @@ class StreamState:
     last_final_end: float = 0.0
     decoded_until: int = 0
     partial_text: str = ""
-    finals: int = 0
 
     @property
     def received(self) -> int:
@@ -254,7 +253,6 @@ class StreamProcessor:
             floor = end
         state.committed.extend(final_words)
         state.last_final_end = final_words[-1].end
-        state.finals += 1
         messages.append(Final.from_words(final_words))
 
     def _context_cut(self, state: StreamState, end: int) -> int:
