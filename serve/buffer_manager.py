@@ -9,10 +9,14 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.core.engine import DecodeResult
+from serve.core.engine import DecodeRequest, DecodeResult
 from serve.core.messages import Final, Partial
 from serve.core.stream import StreamingOptions, StreamProcessor, StreamState
+from serve.faults import retry_dead_replica
 from serve.whisper import DecodeFailure
+
+WHISPER_RETRY_S = 30.0
+"""How long a decode waits for a dead Whisper replica to be replaced (it is retried once)."""
 
 
 class DecodeError(RuntimeError):
@@ -37,16 +41,28 @@ class BufferManager:
             self.processor.options = StreamingOptions.model_validate(config)
 
     async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
-        """Merge ``pcm`` into the stream, run the VAD and decode every window that is due."""
+        """Merge ``pcm`` into the stream, run the VAD and decode every window that is due.
+
+        A call that brings a lot of audio at once finds the stream behind: it decodes only
+        final and forced windows (partial decodes are skipped), so finals keep coming.
+        """
         # VAD on a chunk is milliseconds of CPU: run it in a thread so other streams' calls interleave.
         await asyncio.to_thread(self.processor.push, state, pcm)
         if finalize:
             self.processor.finalize(state)
+        partials = not self.processor.behind(pcm)
         messages: list[Partial | Final] = []
-        while (window := self.processor.next_window(state)) is not None:
-            result = await self.whisper.transcribe.remote(self.processor.request(state, window))
-            if isinstance(result, DecodeFailure):
-                raise DecodeError(f"{result.kind}: {result.message}")
-            assert isinstance(result, DecodeResult)
+        while (window := self.processor.next_window(state, partials=partials)) is not None:
+            result = await self.decode(self.processor.request(state, window))
             messages.extend(self.processor.apply(state, window, result))
         return Processed(state, messages)
+
+    async def decode(self, request: DecodeRequest) -> DecodeResult:
+        """One window through Whisper; a request lost with a dead replica is sent once more."""
+        result = await retry_dead_replica(
+            lambda: self.whisper.transcribe.remote(request), budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2
+        )
+        if isinstance(result, DecodeFailure):
+            raise DecodeError(f"{result.kind}: {result.message}")
+        assert isinstance(result, DecodeResult)
+        return result

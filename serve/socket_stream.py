@@ -2,22 +2,25 @@
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 from fastapi import WebSocket
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.handle import DeploymentHandle
 
-from serve.core.errors import CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_LARGE, ProtocolError
+from serve.core.errors import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_LARGE,
+    CLOSE_TRY_LATER,
+    ProtocolError,
+)
 from serve.core.messages import End, Error, Finalize, Partial, parse_client_text
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
+from serve.faults import RETRYABLE, retry_dead_replica
 
 log = logging.getLogger("ray.serve")
-
-RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
-"""A replica that died mid-call: the same call (state travels with it) goes to another."""
-CALL_ATTEMPTS = 3
 
 
 class StreamClosed(Exception):
@@ -29,17 +32,22 @@ async def send_error(ws: WebSocket, exc: ProtocolError) -> None:
 
 
 class SocketStream:
-    """One connection's two loops: reading audio and processing it never wait on each other."""
+    """One connection's two loops: reading audio and processing it never wait on each other.
 
-    def __init__(self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions) -> None:
+    Audio read from the socket waits in a bounded queue (``limits.max_pending_seconds``);
+    everything that arrived while a call was in flight goes into the next call together.
+    """
+
+    def __init__(self, ws: WebSocket, session: Session, buffer_manager, limits: LimitOptions) -> None:  # type: ignore[no-untyped-def]
         self.ws, self.session, self.buffer_manager, self.limits = ws, session, buffer_manager, limits
         self.pending: list[np.ndarray] = []
         self.pending_samples = 0
         self.finalize = False
         self.stopped = False
+        self.ending: ProtocolError | None = None
+        """Why the server ends the stream after flushing it (idle, too long); None for a client's stop."""
+        self.last_audio = time.monotonic()
         self.wake = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
         self.send_lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -69,29 +77,56 @@ class SocketStream:
         if exc.fatal:
             raise StreamClosed(exc.code)
 
+    def end_with(self, reason: ProtocolError) -> None:
+        """Flush what was heard, then report ``reason`` and close (instead of ``end``)."""
+        self.ending, self.stopped = reason, True
+        self.wake.set()
+
+    async def next_message(self) -> dict:
+        if self.stopped:
+            return await self.ws.receive()
+        idle_left = self.last_audio + self.limits.idle_timeout_s - time.monotonic()
+        try:
+            return await asyncio.wait_for(self.ws.receive(), timeout=max(idle_left, 0.0))
+        except TimeoutError:
+            return {"type": "idle"}
+
     async def receive_loop(self) -> None:
-        max_pending = int(self.limits.max_pending_seconds * 16_000)
+        limits = self.limits
+        max_pending = int(limits.max_pending_seconds * 16_000)
         while True:
-            if self.pending_samples >= max_pending:
-                self.room.clear()
-                await self.room.wait()  # backpressure: read no faster than we process
-            message = await self.ws.receive()
+            message = await self.next_message()
+            if message["type"] == "idle":
+                self.end_with(ProtocolError("idle_timeout", f"no audio for {limits.idle_timeout_s:g} s", CLOSE_POLICY))
+                continue
             if message["type"] == "websocket.disconnect":
                 raise StreamClosed("client disconnected")
             data, text = message.get("bytes"), message.get("text")
             size = len(data) if data is not None else len(text or "")
             try:
-                if size > self.limits.max_frame_bytes:
+                if size > limits.max_frame_bytes:
                     raise ProtocolError(
-                        "too_large", f"message of {size} bytes exceeds the {self.limits.max_frame_bytes}-byte limit",
+                        "too_large", f"message of {size} bytes exceeds the {limits.max_frame_bytes}-byte limit",
                         CLOSE_TOO_LARGE,
                     )
                 if data is not None:
                     if self.stopped:
                         raise ProtocolError("bad_message", "audio after stop is ignored")
                     pcm = self.session.decoder.decode(data)
+                    if self.pending_samples and self.pending_samples + pcm.size > max_pending:
+                        raise ProtocolError(
+                            "overloaded",
+                            f"audio is arriving faster than it can be transcribed (over {limits.max_pending_seconds:g} s "
+                            "waiting); send at real time",
+                            CLOSE_TRY_LATER,
+                        )
                     self.pending.append(pcm)
                     self.pending_samples += pcm.size
+                    self.last_audio = time.monotonic()
+                    if self.session.decoder.seconds_in >= limits.max_stream_s:
+                        self.end_with(
+                            ProtocolError("max_duration", f"a stream may send {limits.max_stream_s:g} s of audio", CLOSE_POLICY)
+                        )
                     self.wake.set()
                 elif text is not None:
                     control = parse_client_text(text)
@@ -111,7 +146,6 @@ class SocketStream:
             self.wake.clear()
             pcm = np.concatenate(self.pending) if self.pending else np.zeros(0, np.int16)
             self.pending, self.pending_samples = [], 0
-            self.room.set()
             stopping = self.stopped
             if stopping:
                 pcm = np.concatenate([pcm, self.session.decoder.flush()])
@@ -119,6 +153,8 @@ class SocketStream:
             if pcm.size or finalize:
                 await self.process(pcm, finalize)
             if stopping:
+                if self.ending is not None:
+                    await self.fail(self.ending)
                 await self.send(End(duration=round(self.session.decoder.seconds_in, 3)).to_json())
                 async with self.send_lock:
                     await self.ws.close(CLOSE_NORMAL)
@@ -126,17 +162,17 @@ class SocketStream:
 
     async def process(self, pcm: np.ndarray, finalize: bool) -> None:
         session = self.session
-        for attempt in range(CALL_ATTEMPTS):
-            try:
-                processed = await self.buffer_manager.process.remote(session.state, pcm, finalize)
-                break
-            except RETRYABLE as exc:
-                log.warning("stream %s: BufferManager call failed (%s); retry %d", session.id, exc, attempt + 1)
-            except Exception:  # a bug or a failed decode: tell the client, never drop it silently
-                log.exception("stream %s: processing failed", session.id)
-                await self.fail(ProtocolError("internal", "the recognizer failed on this stream", CLOSE_INTERNAL))
-        else:
+        try:
+            processed = await retry_dead_replica(
+                lambda: self.buffer_manager.process.remote(session.state, pcm, finalize),
+                budget_s=self.limits.retry_s, what=f"stream {session.id}: BufferManager",
+            )
+        except RETRYABLE:
             await self.fail(ProtocolError("internal", "the recognizer is unavailable; try again", CLOSE_INTERNAL))
+            return
+        except Exception:  # a bug or a failed decode: tell the client, never drop it silently
+            log.exception("stream %s: processing failed", session.id)
+            await self.fail(ProtocolError("internal", "the recognizer failed on this stream", CLOSE_INTERNAL))
             return
         session.state = processed.state
         for message in processed.messages:

@@ -32,7 +32,8 @@ class StreamParams(BaseModel):
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
     interim_results: bool = True
-    token: str | None = None
+    token: str | None = Field(None, repr=False)
+    """Checked by the Ingress's auth gate before the params; never shown."""
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], *, default_language: str, multilingual: bool) -> StreamParams:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve.core.engine import EngineOptions
 from serve.core.stream import StreamingOptions
@@ -20,15 +22,78 @@ class BatchOptions(BaseModel):
 
 
 class LimitOptions(BaseModel):
-    """What one client may do; beyond it the stream gets an error and a close."""
+    """What one client, and one Ingress replica, may take; beyond it the stream gets an error and a close."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    max_streams: int = Field(
+        200, ge=1, le=100_000,
+        description="Open streams per Ingress replica; one more is refused with 'overloaded' and close 1013.",
+    )
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="Largest WebSocket message accepted (close 1009 beyond).")
     max_pending_seconds: float = Field(
-        30.0, ge=1.0, le=600.0,
-        description="Audio read from the socket but not yet processed; past it the server stops reading (backpressure).",
+        60.0, ge=1.0, le=600.0,
+        description="Audio received but not yet processed, per stream (the bounded queue). A client that runs "
+        "further ahead of the recognizer gets 'overloaded' and close 1013.",
     )
+    idle_timeout_s: float = Field(
+        60.0, gt=0.0, le=86_400.0,
+        description="A stream that sends no audio for this long is flushed and closed ('idle_timeout', 1008).",
+    )
+    max_stream_s: float = Field(
+        4 * 3600.0, gt=0.0, le=7 * 86_400.0,
+        description="Seconds of audio one stream may send; then it is flushed and closed ('max_duration', 1008).",
+    )
+    retry_s: float = Field(
+        30.0, ge=0.0, le=600.0,
+        description="How long a call is retried while a dead BufferManager/Whisper replica is replaced.",
+    )
+
+
+class AuthOptions(BaseModel):
+    """Who may open a stream. No keys: anyone who can reach the port."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted keys, each as the key itself or as 'sha256:<hex of its SHA-256>' (keeps it out of the file).",
+    )
+    api_keys_env: str | None = Field(
+        None, description="Also accept the comma-separated keys in this environment variable of the Ingress replicas."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to connect (e.g. https://captions.example.com); empty: any. "
+        "Clients that send no Origin header (non-browsers) are not affected.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_empty(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key.strip():
+                raise ValueError("an API key must not be empty")
+            if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
+                raise ValueError("a 'sha256:' key must be followed by 64 hex digits")
+        return keys
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return [origin.rstrip("/").lower() for origin in origins]
+
+
+class IngressOptions(BaseModel):
+    """The Ingress replicas' live config (``user_config``): limits and auth change without a restart."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    limits: LimitOptions = Field(default_factory=LimitOptions)
+    auth: AuthOptions = Field(default_factory=AuthOptions)
 
 
 class AppSettings(BaseModel):
@@ -40,4 +105,5 @@ class AppSettings(BaseModel):
     streaming: StreamingOptions = Field(default_factory=StreamingOptions)
     batching: BatchOptions = Field(default_factory=BatchOptions)
     limits: LimitOptions = Field(default_factory=LimitOptions)
+    auth: AuthOptions = Field(default_factory=AuthOptions)
     default_language: str = Field("en", description="Language when the client names none ('auto' to detect).")

@@ -64,6 +64,11 @@ class StreamingOptions(BaseModel):
         2.0, ge=0.0, le=10.0, description="Silence after which that context is dropped instead of decoded again."
     )
     prompt_chars: int = Field(200, ge=0, le=800, description="Committed text fed back to Whisper as its prompt.")
+    skip_partials_behind_s: float = Field(
+        3.0, ge=0.5, le=600.0,
+        description="When one call brings more audio than this (the stream fell behind), only final and forced "
+        "windows are decoded: partial decodes are skipped until it catches up, so finals keep coming under overload.",
+    )
 
 
 class WindowKind(str, Enum):
@@ -167,7 +172,12 @@ class StreamProcessor:
         self._trim(state, state.received - self.options.vad.pad_samples)
 
     # -- what to decode -------------------------------------------------------
-    def next_window(self, state: StreamState) -> Window | None:
+    def behind(self, pcm: np.ndarray) -> bool:
+        """Whether a call bringing ``pcm`` finds the stream behind: it should skip partial decodes."""
+        return pcm.size > self.options.skip_partials_behind_s * SAMPLE_RATE
+
+    def next_window(self, state: StreamState, partials: bool = True) -> Window | None:
+        """The next window due for decoding; with ``partials=False`` only final and forced ones."""
         opts = self.options
         pad = opts.vad.pad_samples
         bound = int(opts.max_buffer_s * SAMPLE_RATE)
@@ -182,7 +192,7 @@ class StreamProcessor:
         if state.received - state.audio_start > bound:
             return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
         fresh = state.received - max(state.decoded_until, open_segment.start)
-        if fresh >= opts.min_step_s * SAMPLE_RATE:
+        if partials and fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
         return None
 
