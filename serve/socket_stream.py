@@ -110,6 +110,8 @@ class SocketStream:
                         CLOSE_TOO_LARGE,
                     )
                 if data is not None:
+                    if self.ending is not None:
+                        continue  # sent before the client could know the server is ending the stream
                     if self.stopped:
                         raise ProtocolError("bad_message", "audio after stop is ignored")
                     pcm = self.session.decoder.decode(data)

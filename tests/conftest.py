@@ -112,3 +112,52 @@ def service():
 @pytest.fixture(scope="session")
 def service_url(service: Service) -> str:
     return service.http
+
+
+@dataclass
+class LongRun:
+    """One undisturbed stream of the 97 s multi-speaker file at 2x real time: the yardstick for disturbed runs."""
+
+    item: EvalItem
+    audio: np.ndarray
+    result: object  # serve.client.Transcript
+    speed: float = 2.0
+
+
+@pytest.fixture(scope="session")
+def long_run(service: Service, by_id: dict[str, EvalItem]) -> LongRun:
+    import asyncio
+
+    from serve.client import stream_file
+    from serve.core.audio import load_audio
+
+    item = by_id["ls-multispeaker-stream"]
+    audio = load_audio(item.path)
+    return LongRun(item, audio, asyncio.run(stream_file(audio, service.ws, speed=LongRun.speed)))
+
+
+def check_finals(finals: list[dict], duration: float) -> None:
+    """Finals are in order, never overlap and stay inside the audio."""
+    end = 0.0
+    for final in finals:
+        assert end <= final["start"] <= final["end"] <= duration + 1e-3, final
+        end = final["end"]
+
+
+def replica_actors(deployment: str) -> list:
+    """Handles of the live replicas of one deployment of the ``asr`` application."""
+    import ray
+
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::asr#{deployment}#")
+    ]
+
+
+def actor_pid(actor) -> int:  # type: ignore[no-untyped-def]
+    import os
+
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)

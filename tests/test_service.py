@@ -12,6 +12,7 @@ from serve.bench_metrics import normalize_text, pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio
 from serve.offline import OfflineTranscriber
+from tests.conftest import check_finals
 
 pytestmark = pytest.mark.serve
 
@@ -19,13 +20,6 @@ pytestmark = pytest.mark.serve
 @pytest.fixture(scope="module")
 def offline():
     return OfflineTranscriber()
-
-
-def check_finals(finals, duration):
-    end = 0.0
-    for final in finals:
-        assert end <= final["start"] <= final["end"] <= duration + 1e-3
-        end = final["end"]
 
 
 def test_healthz_and_page(service):
@@ -38,10 +32,8 @@ def test_healthz_and_page(service):
         assert b"<html" in response.read().lower()
 
 
-def test_a_long_file_end_to_end(service, by_id, offline):
-    item = by_id["ls-multispeaker-stream"]
-    audio = load_audio(item.path)
-    result = asyncio.run(stream_file(audio, service.ws, speed=2.0))
+def test_a_long_file_end_to_end(long_run, offline):
+    item, audio, result = long_run.item, long_run.audio, long_run.result
     assert [m["type"] for m in result.messages][-1] == "end"
     assert result.of_type("end")[0]["duration"] == pytest.approx(audio.size / 16_000, abs=0.01)
     assert result.close_code == 1000

@@ -1,0 +1,169 @@
+"""Dead replicas and vanishing clients: the stream goes on, nothing committed is lost, nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import psutil
+import pytest
+import ray
+import websockets
+
+from serve.bench_metrics import pooled_wer, word_errors
+from serve.client import stream_file
+from serve.core.audio import load_audio, to_int16
+from tests.conftest import actor_pid, check_finals, replica_actors
+
+pytestmark = pytest.mark.serve
+
+
+def wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def kill_one(deployment: str) -> str:
+    """``ray.kill`` a live replica of ``deployment`` (Serve starts a new one); returns its name."""
+    (actor,) = replica_actors(deployment)
+    name = actor._ray_actor_id.hex()
+    ray.kill(actor, no_restart=True)
+    return name
+
+
+@pytest.mark.parametrize("deployment", ["BufferManager", "Whisper"])
+def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run, deployment):
+    undisturbed = long_run.result
+
+    async def go():
+        streaming = asyncio.create_task(stream_file(long_run.audio, service.ws, speed=long_run.speed))
+        await asyncio.sleep(12)
+        killed = await asyncio.to_thread(kill_one, deployment)
+        return killed, await streaming
+
+    killed, result = asyncio.run(go())
+    replacement = wait_for(lambda: replica_actors(deployment), 60, f"a new {deployment} replica")
+    assert replacement[0]._ray_actor_id.hex() != killed
+
+    assert result.of_type("end") and result.close_code == 1000, result.messages[-3:]
+    assert not result.of_type("error")
+    check_finals(result.finals, long_run.audio.size / 16_000)
+    reference = long_run.item.text
+    calm, hit = word_errors(reference, undisturbed.text), word_errors(reference, result.text)
+    print(f"{deployment} killed: WER {hit.wer:.4f} (ins {hit.insertions}, del {hit.deletions}) vs undisturbed "
+          f"{calm.wer:.4f} (ins {calm.insertions}, del {calm.deletions})")
+    assert hit.wer <= 1.10 * calm.wer + 0.005
+    # No final sent twice (insertions) and none lost (deletions), beyond a word or two of re-segmentation.
+    assert hit.insertions <= calm.insertions + 2 and hit.deletions <= calm.deletions + 2
+
+
+def rss_mib(pids: dict[str, int]) -> dict[str, float]:
+    return {name: psutil.Process(pid).memory_info().rss / 2**20 for name, pid in pids.items()}
+
+
+def serve_pids() -> dict[str, int]:
+    pids = {d: actor_pid(replica_actors(d)[0]) for d in ("Ingress", "BufferManager", "Whisper")}
+    proxies = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_PROXY_ACTOR")]
+    pids["proxy"] = actor_pid(ray.get_actor(proxies[0]["name"], namespace=proxies[0]["namespace"]))
+    return pids
+
+
+async def cycle(url: str, i: int, pcm: bytes) -> str:
+    """One connect/stream/disconnect; every fifth kind leaves abruptly (no close frame) at a different point."""
+    kind = ("gone before ready", "stop and wait for end", "close mid-call", "drop mid-call", "drop after ready")[i % 5]
+    ws = await websockets.connect(f"{url}?encoding=s16le", max_size=None)
+    try:
+        if kind == "gone before ready":
+            ws.transport.abort()
+            return kind
+        assert json.loads(await ws.recv())["type"] == "ready"
+        if kind == "drop after ready":
+            ws.transport.abort()
+            return kind
+        await ws.send(pcm)
+        if kind == "stop and wait for end":
+            await ws.send(json.dumps({"type": "stop"}))
+            messages = [json.loads(m) async for m in ws]
+            assert messages[-1]["type"] == "end", messages
+        elif kind == "close mid-call":
+            await asyncio.sleep(0.05)
+            await ws.close()
+        else:
+            await asyncio.sleep(0.05)
+            ws.transport.abort()
+        return kind
+    finally:
+        if kind != "stop and wait for end":
+            ws.transport.abort()
+
+
+def test_300_connect_stream_disconnect_cycles_leak_no_session_and_little_memory(service, by_id):
+    pcm = to_int16(load_audio(by_id["ls-1089-134686-0000"].path)[:24_000]).astype("<i2").tobytes()  # 1.5 s of speech
+
+    async def cycles(n: int, start: int) -> list[str]:
+        gate = asyncio.Semaphore(10)
+
+        async def one(i: int) -> str:
+            async with gate:
+                return await cycle(service.ws, i, pcm)
+
+        return await asyncio.gather(*(one(i) for i in range(start, start + n)))
+
+    def open_streams() -> int:
+        return service.summary()["ingress"]["open_streams"]
+
+    asyncio.run(cycles(50, 0))  # warm-up: imports, first buffers, allocator pools
+    wait_for(lambda: open_streams() == 0, 60, "the sessions of the warm-up to be freed")
+    pids = serve_pids()
+    before = rss_mib(pids)
+    kinds = asyncio.run(cycles(300, 50))
+    assert len(kinds) == 300 and len(set(kinds)) == 5
+    wait_for(lambda: open_streams() == 0, 60, "every session to be freed")
+    after = rss_mib(pids)
+    growth = {name: round(after[name] - before[name], 1) for name in pids}
+    print(f"RSS MiB before {before}\nRSS growth over 300 cycles {growth}")
+    assert all(g < 64 for g in growth.values()), growth
+    # The service still serves a normal stream afterwards.
+    result = asyncio.run(stream_file(load_audio(by_id["ls-1089-134691-0000"].path), service.ws, speed=4.0))
+    assert "wait no longer" in result.text.lower() and result.close_code == 1000
+
+
+def test_an_ingress_replica_killed_closes_its_streams_and_a_new_one_serves(service, by_id):
+    """Clients see a close (the page then reconnects with backoff); Serve starts a new Ingress that serves."""
+    audio = load_audio(by_id["ls-1089-134686-0000"].path)
+
+    async def go() -> tuple[int | None, float]:
+        ws = await websockets.connect(service.ws)
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(audio[:16_000].astype("<f4").tobytes())
+        killed_at = time.monotonic()
+        await asyncio.to_thread(kill_one, "Ingress")
+        try:
+            async for _ in ws:
+                pass
+        except websockets.ConnectionClosed:
+            pass
+        return ws.close_code, time.monotonic() - killed_at
+
+    close_code, after = asyncio.run(go())
+    assert close_code is not None and close_code != 1000 and after < 30, (close_code, after)
+
+    async def reconnect() -> object:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                return await stream_file(audio, service.ws, speed=4.0)
+            except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
+
+    result = asyncio.run(reconnect())
+    assert "stew for dinner" in result.text.lower() and result.close_code == 1000  # type: ignore[attr-defined]
+    assert pooled_wer([(by_id["ls-1089-134686-0000"].text, result.text)]) <= 0.35  # type: ignore[attr-defined]
