@@ -11,6 +11,7 @@ from ray import serve
 
 from serve.core.engine import BatchedWhisper, DecodeRequest, DecodeResult, EngineOptions
 from serve.core.settings import BatchOptions
+from serve.core.shedding import PartialShedder
 
 log = logging.getLogger("ray.serve")
 
@@ -23,27 +24,49 @@ class DecodeFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class Shed:
+    """An optional (partial) decode refused because the replica is behind."""
+
+    expected_wait_s: float
+
+
 @serve.deployment(name="Whisper", max_ongoing_requests=256)
 class Whisper:
     def __init__(self, engine: dict | None = None) -> None:
         self.engine = BatchedWhisper(EngineOptions.model_validate(engine or {}))
+        self.shedder = PartialShedder(BatchOptions().shed_partials_wait_s)
         self.batch_sizes: Counter[int] = Counter()
         self.decode_seconds = 0.0
+        self.shed = 0
         log.info("Whisper %s on %s (%s)", self.engine.model_name, self.engine.device, self.engine.compute_type)
 
     def reconfigure(self, config: dict) -> None:
-        """Live knobs from ``user_config``: batch size and wait."""
+        """Live knobs from ``user_config``: batch size and wait, when to shed partial decodes."""
         options = BatchOptions.model_validate(config or {})
-        self.transcribe.set_max_batch_size(options.max_batch_size)
-        self.transcribe.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        self.decode_batch.set_max_batch_size(options.max_batch_size)
+        self.decode_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        self.shedder.max_wait_s = options.shed_partials_wait_s
         log.info("Whisper batching: %s", options)
 
+    async def transcribe(self, request: DecodeRequest, optional: bool = False) -> DecodeResult | DecodeFailure | Shed:
+        """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind."""
+        if not self.shedder.admit(optional):
+            self.shed += 1
+            return Shed(round(self.shedder.expected_wait_s, 3))
+        self.shedder.queued += 1
+        try:
+            return await self.decode_batch(request)
+        finally:
+            self.shedder.queued -= 1
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def transcribe(self, requests: list[DecodeRequest]) -> list[DecodeResult | DecodeFailure]:
+    async def decode_batch(self, requests: list[DecodeRequest]) -> list[DecodeResult | DecodeFailure]:
         # The engine call blocks for the whole batch: keep it off the replica's event loop.
         results = await asyncio.to_thread(self.engine.transcribe_batch, requests)
         self.batch_sizes[len(requests)] += 1
         self.decode_seconds += self.engine.stats.seconds
+        self.shedder.record(len(requests), self.engine.stats.seconds)
         return [
             DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in results
         ]
@@ -55,9 +78,10 @@ class Whisper:
             "device": self.engine.device,
             "compute_type": self.engine.compute_type,
             "multilingual": self.engine.multilingual,
-            "max_batch_size": self.transcribe._get_max_batch_size(),
-            "batch_wait_timeout_s": self.transcribe._get_batch_wait_timeout_s(),
+            "max_batch_size": self.decode_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.decode_batch._get_batch_wait_timeout_s(),
             "batch_sizes": dict(self.batch_sizes),
             "batches": sum(self.batch_sizes.values()),
             "decode_seconds": round(self.decode_seconds, 3),
+            "partials_shed": self.shed,
         }

@@ -102,3 +102,40 @@ def test_finalize_commits_the_open_utterance(processor, engine, by_id):
     messages = processor.close(state, engine.transcribe)
     assert finals(messages) and state.partial_text == "" and state.hypothesis == []
     assert "carrots" in " ".join(words(messages)) or "carrots" in state.prompt.lower()
+
+
+def test_a_prefix_that_swallows_the_decode_does_not_lose_the_audio(processor, engine, by_id):
+    """Seen under load: the committed "Two." came back from a batch as "2"; forced as the prefix of the
+    next 15 s window, tiny.en continued it as "2." and stopped. That audio must be decoded again, not trimmed."""
+    from serve.core.words import Word
+
+    pcm = pcm16(by_id["sonnet-002"].path)[: 16_000 * 20]
+    state = StreamState(language="en")
+    messages = []
+    for i in range(0, pcm.size, 16_000 * 4):  # finals only, as when the stream is behind
+        processor.push(state, pcm[i : i + 16_000 * 4])
+        while (window := processor.next_window(state, partials=False)) is not None:
+            if state.committed and state.committed[-1].word.strip() == "Two.":
+                w = state.committed[-1]
+                state.committed[-1] = Word(" 2", w.start, w.end, w.probability)
+            messages += processor.apply(state, window, engine.transcribe(processor.request(state, window)))
+    messages += processor.close(state, engine.transcribe)
+    text = " ".join(f.text for f in finals(messages)).lower()
+    assert "winters shall" in text and "beauty's field" in text, text
+    check_rules(messages, pcm.size / 16_000)
+
+
+def test_finals_only_mode_commits_everything_in_forced_windows(processor, engine, by_id):
+    """With partial decodes skipped (overload), a long utterance is still committed, in bounded windows."""
+    pcm = pcm16(by_id["sonnet-002"].path)
+    state = StreamState(language="en")
+    messages = []
+    for i in range(0, pcm.size, 16_000 * 5):
+        processor.push(state, pcm[i : i + 16_000 * 5])
+        while (window := processor.next_window(state, partials=False)) is not None:
+            assert window.kind.value != "partial" and window.seconds <= processor.options.max_buffer_s
+            messages += processor.apply(state, window, engine.transcribe(processor.request(state, window)))
+    messages += processor.close(state, engine.transcribe)
+    check_rules(messages, pcm.size / 16_000)
+    text = " ".join(f.text for f in finals(messages)).lower()
+    assert "winters" in text and "warm" in text and len(text.split()) >= 100, text

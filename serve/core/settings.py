@@ -19,6 +19,11 @@ class BatchOptions(BaseModel):
     batch_wait_timeout_s: float = Field(
         0.02, ge=0.0, le=1.0, description="How long a batch waits to fill before it runs anyway."
     )
+    shed_partials_wait_s: float = Field(
+        1.0, ge=0.0, le=60.0,
+        description="When a new request would wait longer than this, partial (tentative) decodes are refused; "
+        "final ones always run. Keeps finals coming when decoding falls behind.",
+    )
 
 
 class LimitOptions(BaseModel):

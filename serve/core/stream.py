@@ -35,6 +35,8 @@ from serve.core.words import Word, comparable, join_words
 
 REPEAT_TOLERANCE_S = 0.3
 """A first new word equal to the last committed one and starting this soon after it is a repeat."""
+PREFIX_RETRY_S = 1.0
+"""A final/forced decode that returns nothing after its prefix with this much audio past it is decoded again without."""
 
 
 class StreamingOptions(BaseModel):
@@ -216,6 +218,12 @@ class StreamProcessor:
         if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
             if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
                 words = words[1:]
+        if not words and window.kind is not WindowKind.PARTIAL and self._prefix_stopped(state, window):
+            # Nothing after the forced prefix although speech follows it: the prefix, not the audio, ended
+            # the decode (a committed "2" continued as "2." and then end-of-text). Drop the context and
+            # let the same audio be decoded again without it, instead of trimming it away unheard.
+            self._trim(state, int(state.committed[-1].end * SAMPLE_RATE))
+            return []
         messages: list[Message] = []
         if window.kind is WindowKind.FINAL:
             self._commit(state, words, messages)
@@ -250,6 +258,10 @@ class StreamProcessor:
             else:
                 messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
         return messages
+
+    def _prefix_stopped(self, state: StreamState, window: Window) -> bool:
+        """Whether the window holds at least ``PREFIX_RETRY_S`` of audio after its committed (prefix) words."""
+        return bool(state.committed) and window.end / SAMPLE_RATE - state.committed[-1].end >= PREFIX_RETRY_S
 
     def _commit(self, state: StreamState, words: list[Word], messages: list[Message]) -> None:
         if not words:

@@ -1,0 +1,35 @@
+"""When a decode worker is behind, tentative (partial) decodes are the work to shed: finals never are."""
+
+from __future__ import annotations
+
+
+class PartialShedder:
+    """Estimates how long a new request would wait and refuses optional ones past ``max_wait_s``.
+
+    The wait is the requests already queued or decoding times the recent cost of one item
+    (seconds of a batch over its size: small on a GPU that batches, about a decode on a CPU).
+    """
+
+    def __init__(self, max_wait_s: float, smoothing: float = 0.2) -> None:
+        self.max_wait_s = max_wait_s
+        self.smoothing = smoothing
+        self.seconds_per_item = 0.0
+        self.queued = 0
+        """Requests accepted and not yet answered."""
+
+    def record(self, batch_size: int, seconds: float) -> None:
+        """One batch ran: fold its cost per item into the moving average."""
+        if batch_size <= 0:
+            return
+        cost = seconds / batch_size
+        self.seconds_per_item = cost if self.seconds_per_item == 0 else (
+            (1 - self.smoothing) * self.seconds_per_item + self.smoothing * cost
+        )
+
+    @property
+    def expected_wait_s(self) -> float:
+        return self.queued * self.seconds_per_item
+
+    def admit(self, optional: bool) -> bool:
+        """Whether to take a request now; required ones always are."""
+        return not optional or self.expected_wait_s <= self.max_wait_s
