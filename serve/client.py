@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--json", action="store_true", help="print server messages with arrival times")
-    parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0 sends as fast as the server reads")
+    parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0 sends as fast as the socket takes it. The server lets a stream run at most "
+        "limits.max_pending_seconds (60 s) of audio ahead of the recognizer (README: fast senders)")
     parser.add_argument("--language", default=None)
     parser.add_argument("--token", default=None, help="API key, when the service requires one")
     args = parser.parse_args(argv)
