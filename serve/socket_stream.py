@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 from fastapi import WebSocket
+from ray.serve.handle import DeploymentHandle
 
 from serve.core.errors import (
     CLOSE_INTERNAL,
@@ -38,7 +39,7 @@ class SocketStream:
     everything that arrived while a call was in flight goes into the next call together.
     """
 
-    def __init__(self, ws: WebSocket, session: Session, buffer_manager, limits: LimitOptions) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions) -> None:
         self.ws, self.session, self.buffer_manager, self.limits = ws, session, buffer_manager, limits
         self.pending: list[np.ndarray] = []
         self.pending_samples = 0
