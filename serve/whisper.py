@@ -28,8 +28,6 @@ class DecodeFailure:
 class Shed:
     """An optional (partial) decode refused because the replica is behind."""
 
-    expected_wait_s: float
-
 
 @serve.deployment(name="Whisper", max_ongoing_requests=256)
 class Whisper:
@@ -53,7 +51,7 @@ class Whisper:
         """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind."""
         if not self.shedder.admit(optional):
             self.shed += 1
-            return Shed(round(self.shedder.expected_wait_s, 3))
+            return Shed()
         self.shedder.queued += 1
         try:
             return await self.decode_batch(request)

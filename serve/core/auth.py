@@ -8,20 +8,18 @@ import os
 from collections.abc import Mapping
 
 from serve.core.errors import CLOSE_POLICY, ProtocolError
-from serve.core.settings import AuthOptions
-
-HASH_PREFIX = "sha256:"
+from serve.core.settings import KEY_DIGEST_PREFIX, AuthOptions
 
 
 def key_digest(key: str) -> str:
     """A key as the settings may hold it: ``sha256:<hex>``."""
-    return HASH_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    return KEY_DIGEST_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
 def hashed(options: AuthOptions) -> AuthOptions:
     """The same options with every plain key replaced by its digest (what travels to the replicas)."""
     return options.model_copy(
-        update={"api_keys": [k if k.startswith(HASH_PREFIX) else key_digest(k) for k in options.api_keys]}
+        update={"api_keys": [k if k.startswith(KEY_DIGEST_PREFIX) else key_digest(k) for k in options.api_keys]}
     )
 
 
@@ -38,15 +36,11 @@ class Gate:
     """Decides whether a connection may open a stream; never stores or logs a key."""
 
     def __init__(self, options: AuthOptions, environ: Mapping[str, str] = os.environ) -> None:
-        digests = [k.removeprefix(HASH_PREFIX).lower() for k in hashed(options).api_keys]
-        if options.api_keys_env:
-            digests += [key_digest(k.strip())[len(HASH_PREFIX) :] for k in environ.get(options.api_keys_env, "").split(",") if k.strip()]
-        self._digests = [bytes.fromhex(d) for d in digests]
+        self._digests = [bytes.fromhex(k.removeprefix(KEY_DIGEST_PREFIX)) for k in hashed(options).api_keys]
+        if options.api_keys_env:  # plain keys only, like the environment's other secrets
+            env_keys = environ.get(options.api_keys_env, "").split(",")
+            self._digests += [hashlib.sha256(k.strip().encode()).digest() for k in env_keys if k.strip()]
         self._origins = frozenset(options.allowed_origins)
-
-    @property
-    def requires_key(self) -> bool:
-        return bool(self._digests)
 
     def check(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Raise ``unauthorized`` (close 1008) unless the origin and the key are acceptable."""

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from serve.core.engine import EngineOptions
 from serve.core.stream import StreamingOptions
 
+KEY_DIGEST_PREFIX = "sha256:"
+"""An API key written as its digest: ``sha256:<64 hex digits>``."""
+
 
 class BatchOptions(BaseModel):
     """How the Whisper deployment gathers requests of many streams into one call."""
@@ -51,7 +54,7 @@ class LimitOptions(BaseModel):
     )
     retry_s: float = Field(
         30.0, ge=0.0, le=600.0,
-        description="How long a call is retried while a dead BufferManager/Whisper replica is replaced.",
+        description="How long a stream's call is retried while a dead BufferManager replica is replaced.",
     )
 
 
@@ -79,7 +82,7 @@ class AuthOptions(BaseModel):
         for key in keys:
             if not key.strip():
                 raise ValueError("an API key must not be empty")
-            if key.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", key[7:]):
+            if key.startswith(KEY_DIGEST_PREFIX) and not re.fullmatch(r"[0-9a-fA-F]{64}", key.removeprefix(KEY_DIGEST_PREFIX)):
                 raise ValueError("a 'sha256:' key must be followed by 64 hex digits")
         return keys
 
