@@ -139,3 +139,59 @@ def test_finals_only_mode_commits_everything_in_forced_windows(processor, engine
     check_rules(messages, pcm.size / 16_000)
     text = " ".join(f.text for f in finals(messages)).lower()
     assert "winters" in text and "warm" in text and len(text.split()) >= 100, text
+
+
+def stopping_early(engine, kind: str, keep: int = 3):  # type: ignore[no-untyped-def]
+    """engine.transcribe, except that the first long ``kind`` window returns only its first ``keep`` words, as
+    when the decoder emits end-of-text early (seen: a 15 s window that came back as "n' age shall" and stopped)."""
+    from serve.core.engine import DecodeResult
+
+    done = []
+
+    def decode(window, request):  # type: ignore[no-untyped-def]
+        result = engine.transcribe(request)
+        if window.kind.value == kind and not done and window.seconds > 7 and len(result.words) > 2 * keep:
+            done.append((window, result.words[keep - 1].end + window.start / 16_000))
+            result = DecodeResult(result.words[:keep], result.language)
+        return result
+
+    return decode, done
+
+
+@pytest.mark.parametrize("kind,clip", [("force", "sonnet-002"), ("final", "ls-multispeaker-stream")])
+def test_audio_after_an_early_stop_is_decoded_not_trimmed(processor, engine, by_id, kind, clip):
+    """The words the decoder gave are committed; the audio after them stays and is decoded again."""
+    pcm = pcm16(by_id[clip].path)[: 16_000 * 30]
+    decode, done = stopping_early(engine, kind)
+    state = StreamState(language="en")
+    messages = []
+    step = 16_000 * (5 if kind == "force" else 30)  # finals only: 30 s at once closes utterances (final windows)
+    for i in range(0, pcm.size, step):
+        processor.push(state, pcm[i : i + step])
+        while (window := processor.next_window(state, partials=False)) is not None:
+            messages += processor.apply(state, window, decode(window, processor.request(state, window)))
+    messages += processor.close(state, engine.transcribe)
+    assert done, f"no {kind} window long enough to stop early in"
+    check_rules(messages, pcm.size / 16_000)
+    heard = [w for f in finals(messages) for w in f.words]
+    window, stopped_at = done[0]
+    # What followed the early stop in that window was decoded: words all through it, not a hole to its end.
+    later = [w for w in heard if stopped_at < w.start < window.end / 16_000]
+    assert later and max(b.start - a.end for a, b in zip(heard, heard[1:]) if a.end >= stopped_at - 0.5) < 3.0, (
+        stopped_at, [(w.word, w.start) for w in heard]
+    )
+
+
+def test_a_word_is_not_committed_apart_from_its_glued_continuation(processor):
+    """Whisper splits "i.e." into " i" + ".e.": the two commit together or not at all."""
+    from serve.core.engine import DecodeResult
+    from serve.core.stream import Window, WindowKind
+    from serve.core.words import Word
+
+    state = StreamState(language="en", audio=np.zeros(16_000 * 5, np.int16))
+    decoded = [Word(" in", 0.0, 0.5, 0.9), Word(" i", 0.5, 1.0, 0.9), Word(".e.", 1.0, 2.8, 0.9), Word(" the", 2.9, 3.2, 0.9)]
+    state.hypothesis, state.decoded_until = list(decoded), 16_000 * 3
+    messages = processor.apply(state, Window(WindowKind.PARTIAL, 0, 16_000 * 5), DecodeResult(decoded, "en"))
+    # ".e." ends too near the older window's edge to commit, so " i" waits with it.
+    assert [f.text for f in finals(messages)] == ["in"]
+    assert [w.word for w in state.hypothesis] == [" i", ".e.", " the"]

@@ -37,6 +37,9 @@ REPEAT_TOLERANCE_S = 0.3
 """A first new word equal to the last committed one and starting this soon after it is a repeat."""
 PREFIX_RETRY_S = 1.0
 """A final/forced decode that returns nothing after its prefix with this much audio past it is decoded again without."""
+UNHEARD_RETRY_S = 2.0
+"""A final decode whose words end this long before the utterance's last voiced sample stopped early: the rest is
+decoded again after its words, instead of being trimmed away unheard."""
 
 
 class StreamingOptions(BaseModel):
@@ -65,7 +68,10 @@ class StreamingOptions(BaseModel):
     context_gap_s: float = Field(
         2.0, ge=0.0, le=10.0, description="Silence after which that context is dropped instead of decoded again."
     )
-    prompt_chars: int = Field(200, ge=0, le=800, description="Committed text fed back to Whisper as its prompt.")
+    prompt_chars: int = Field(
+        400, ge=0, le=800,
+        description="Committed text fed back to Whisper as its prompt (offline transcribe feeds up to 223 tokens).",
+    )
     skip_partials_behind_s: float = Field(
         3.0, ge=0.5, le=600.0,
         description="When one call brings more audio than this (the stream fell behind), only final and forced "
@@ -225,6 +231,14 @@ class StreamProcessor:
             self._trim(state, int(state.committed[-1].end * SAMPLE_RATE))
             return []
         messages: list[Message] = []
+        if window.kind is WindowKind.FINAL and words and self._stopped_early(state, words):
+            # The decoder ended (end-of-text) well before the utterance did: commit what it heard and decode the
+            # rest of the utterance again, after these words, rather than trimming it away unheard.
+            self._commit(state, words, messages)
+            self._trim(state, self._context_cut(state, round(state.last_final_end * SAMPLE_RATE)))
+            state.hypothesis = []
+            state.partial_text = ""
+            return messages
         if window.kind is WindowKind.FINAL:
             self._commit(state, words, messages)
             state.closed.pop(0)
@@ -238,17 +252,22 @@ class StreamProcessor:
         agreed = _common_prefix(state.hypothesis, words)
         # Both decodes must have heard the whole word: it ends well before the older window's end.
         edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
-        while agreed and words[agreed - 1].end > edge:
+        while agreed and (words[agreed - 1].end > edge or _glued(words, agreed)):
             agreed -= 1
         if window.kind is WindowKind.FORCE:
             limit = window.end / SAMPLE_RATE - self.options.force_margin_s
             while agreed < len(words) and words[agreed].end <= limit:
                 agreed += 1
+            while agreed and _glued(words, agreed):
+                agreed -= 1
         self._commit(state, words[:agreed], messages)
         state.hypothesis = words[agreed:]
         state.decoded_until = max(state.decoded_until, window.end)
         if window.kind is WindowKind.FORCE:
-            cut = self._context_cut(state, window.end) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
+            # Trim at the last committed word, never past it: words the decoder left tentative, or audio it stopped
+            # before, are decoded again next time.
+            heard = round(state.last_final_end * SAMPLE_RATE)
+            cut = self._context_cut(state, heard) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
             self._trim(state, max(cut, window.start + SAMPLE_RATE // 2))
         text = join_words(state.hypothesis)
         if text != state.partial_text:
@@ -258,6 +277,11 @@ class StreamProcessor:
             else:
                 messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
         return messages
+
+    def _stopped_early(self, state: StreamState, words: list[Word]) -> bool:
+        """Whether the utterance being finalized has ``UNHEARD_RETRY_S`` of voiced audio after the decode's last word."""
+        voiced_end = state.closed[0].end / SAMPLE_RATE  # type: ignore[operator]
+        return voiced_end - words[-1].end >= UNHEARD_RETRY_S
 
     def _prefix_stopped(self, state: StreamState, window: Window) -> bool:
         """Whether the window holds at least ``PREFIX_RETRY_S`` of audio after its committed (prefix) words."""
@@ -323,3 +347,8 @@ def _common_prefix(previous: list[Word], current: list[Word]) -> int:
             break
         n += 1
     return n
+
+
+def _glued(words: list[Word], n: int) -> bool:
+    """Whether ``words[n]`` continues ``words[n - 1]`` (no leading space: "i" + ".e."), so they commit together."""
+    return n < len(words) and not words[n].word.startswith(" ")
