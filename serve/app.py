@@ -8,27 +8,53 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
 from ray.serve import Application
 
 from serve.buffer_manager import BufferManager
 from serve.core.auth import hashed
-from serve.core.settings import AppSettings, IngressOptions
+from serve.core.settings import AppSettings, IngressOptions, PlacementOptions
 from serve.ingress import Ingress
 from serve.whisper import Whisper
+
+HIDE_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+"""Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a replica with no GPU, so it would see (and a library
+could grab) every GPU of its node; with this it sees none. A replica with GPUs still sees only its own."""
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster the app is being deployed to (0 when the builder runs outside Ray)."""
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+
+
+def whisper_actor_options(placement: PlacementOptions, gpus_in_cluster: float) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "num_cpus": placement.whisper_cpus,
+        "num_gpus": placement.whisper_gpus_for(gpus_in_cluster),
+        "runtime_env": {"env_vars": dict(HIDE_GPUS)},
+    }
+    if placement.whisper_resources:
+        options["resources"] = dict(placement.whisper_resources)
+    return options
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Validate every knob once; live ones (batching, VAD/policy, limits, auth) travel as user_config."""
     settings = AppSettings.model_validate(args or {})
-    whisper = Whisper.options(user_config=settings.batching.model_dump(mode="json")).bind(
-        settings.engine.model_dump(mode="json")
-    )
-    buffer_manager = BufferManager.options(user_config=settings.streaming.model_dump(mode="json")).bind(whisper)
+    whisper = Whisper.options(
+        user_config=settings.batching.model_dump(mode="json"),
+        ray_actor_options=whisper_actor_options(settings.placement, cluster_gpus()),
+    ).bind(settings.engine.model_dump(mode="json"))
+    buffer_manager = BufferManager.options(
+        user_config=settings.streaming.model_dump(mode="json"),
+        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": dict(HIDE_GPUS)}},
+    ).bind(whisper)
     # Keys travel (and show in Serve's config and logs) only as SHA-256 digests.
     ingress = IngressOptions(limits=settings.limits, auth=hashed(settings.auth))
-    return Ingress.options(user_config=ingress.model_dump(mode="json")).bind(
-        buffer_manager, whisper, settings.default_language
-    )
+    return Ingress.options(
+        user_config=ingress.model_dump(mode="json"),
+        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": dict(HIDE_GPUS)}},
+    ).bind(buffer_manager, whisper, settings.default_language)
 
 
 app = build_app({})

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -24,14 +25,19 @@ from serve.core.audio import SAMPLE_RATE, load_audio, to_int16
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/listen"
 
 
+FATAL_CLOSE_CODES = {1000, 1003, 1008, 1009}
+"""Closes after which reconnecting would not help: a normal end, or the server refused what was sent."""
+
+
 @dataclass
 class Transcript:
-    """What one streamed file came back as."""
+    """What one streamed file came back as (times on the file's timeline, across reconnects)."""
 
     messages: list[dict] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     """Seconds since the first audio was sent, per message."""
     close_code: int | None = None
+    reconnects: int = 0
 
     @property
     def finals(self) -> list[dict]:
@@ -45,47 +51,85 @@ class Transcript:
         return [m for m in self.messages if m["type"] == kind]
 
 
+def shifted(message: dict, seconds: float) -> dict:
+    """``message`` with its times moved ``seconds`` later (a stream reopened part-way through the file)."""
+    if not seconds or "start" not in message:
+        return message
+    out = {**message, "start": round(message["start"] + seconds, 3), "end": round(message["end"] + seconds, 3)}
+    if "words" in message:
+        out["words"] = [{**w, "start": round(w["start"] + seconds, 3), "end": round(w["end"] + seconds, 3)} for w in message["words"]]
+    return out
+
+
 async def stream_file(
     audio: np.ndarray,
-    url: str = DEFAULT_URL,
+    url: str | Sequence[str] = DEFAULT_URL,
     *,
     speed: float = 1.0,
     chunk_s: float = 1.0,
     params: dict[str, str] | None = None,
     on_message=None,  # type: ignore[no-untyped-def]
+    reconnects: int = 0,
 ) -> Transcript:
-    """Send 16 kHz float32 ``audio`` as s16le chunks paced at ``speed`` x real time; collect replies."""
+    """Send 16 kHz float32 ``audio`` as s16le chunks paced at ``speed`` x real time; collect replies.
+
+    With ``reconnects`` > 0, a connection lost before ``end`` (a replica or node died: close 1006,
+    1011, 1012, 1013, or no close at all) is opened again, up to that many times, and the audio is
+    sent again from the end of the last final received: nothing committed is repeated, nothing
+    uncommitted is lost. ``url`` may list several servers (each node's proxy): reconnects go to
+    the next one in turn.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
     query = {"sample_rate": str(SAMPLE_RATE), "encoding": "s16le", **(params or {})}
     pcm = to_int16(audio).astype("<i2").tobytes()
     step = int(chunk_s * SAMPLE_RATE) * 2
     result = Transcript()
-    async with websockets.connect(f"{url}?{urlencode(query)}", max_size=None) as ws:
-        ready = json.loads(await ws.recv())
-        if ready["type"] != "ready":
-            raise RuntimeError(f"expected ready, got {ready}")
-        started = time.monotonic()
-
-        async def sender() -> None:
-            for i, offset in enumerate(range(0, len(pcm), step)):
-                if speed > 0:
-                    await asyncio.sleep(max(0.0, started + i * chunk_s / speed - time.monotonic()))
-                await ws.send(pcm[offset : offset + step])
-            await ws.send(json.dumps({"type": "stop"}))
-
-        send_task = asyncio.create_task(sender())
+    started: float | None = None
+    resume = 0  # sample the current connection starts at
+    heard = 0.0  # end of the last final, on the file's timeline
+    while True:
+        offset = resume / SAMPLE_RATE
         try:
-            async for raw in ws:
-                message = json.loads(raw)
-                result.messages.append(message)
-                result.arrivals.append(time.monotonic() - started)
-                if on_message:
-                    on_message(message, result.arrivals[-1])
-        except websockets.ConnectionClosedError:
-            pass
-        finally:
-            send_task.cancel()
-        result.close_code = ws.close_code
-    return result
+            target = urls[result.reconnects % len(urls)]
+            async with websockets.connect(f"{target}?{urlencode(query)}", max_size=None) as ws:
+                ready = json.loads(await ws.recv())
+                if ready["type"] != "ready":
+                    raise RuntimeError(f"expected ready, got {ready}")
+                if started is None:
+                    started = time.monotonic()
+                t0 = started
+
+                async def sender(ws=ws, first=resume * 2, t0=t0) -> None:  # type: ignore[no-untyped-def]
+                    for at in range(first, len(pcm), step):
+                        if speed > 0:  # on the file's timeline: audio resent after a reconnect goes at once
+                            await asyncio.sleep(max(0.0, t0 + at / 2 / SAMPLE_RATE / speed - time.monotonic()))
+                        await ws.send(pcm[at : at + step])
+                    await ws.send(json.dumps({"type": "stop"}))
+
+                send_task = asyncio.create_task(sender())
+                try:
+                    async for raw in ws:
+                        message = shifted(json.loads(raw), offset)
+                        result.messages.append(message)
+                        result.arrivals.append(time.monotonic() - t0)
+                        if message["type"] == "final":
+                            heard = message["end"]
+                        if on_message:
+                            on_message(message, result.arrivals[-1])
+                except websockets.ConnectionClosedError:
+                    pass
+                finally:
+                    send_task.cancel()
+                result.close_code = ws.close_code
+        except (OSError, websockets.InvalidHandshake):
+            if result.reconnects >= reconnects:
+                raise
+            result.close_code = None
+        if result.of_type("end") or result.close_code in FATAL_CLOSE_CODES or result.reconnects >= reconnects:
+            return result
+        result.reconnects += 1
+        resume = int(heard * SAMPLE_RATE)
+        await asyncio.sleep(min(0.5 * 2 ** (result.reconnects - 1), 5.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "limits.max_pending_seconds (60 s) of audio ahead of the recognizer (README: fast senders)")
     parser.add_argument("--language", default=None)
     parser.add_argument("--token", default=None, help="API key, when the service requires one")
+    parser.add_argument("--reconnects", type=int, default=5, help="times to reopen a lost connection (0: none)")
     args = parser.parse_args(argv)
     params = {k: v for k, v in {"language": args.language, "token": args.token}.items() if v}
     tty = sys.stdout.isatty()
@@ -113,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         elif message["type"] == "end":
             print(("\x1b[2K\r" if tty else "") + f"-- end: {message['duration']:.2f} s of audio")
 
-    result = asyncio.run(stream_file(load_audio(args.file), args.url, speed=args.speed, params=params, on_message=show))
+    result = asyncio.run(
+        stream_file(
+            load_audio(args.file), args.url, speed=args.speed, params=params, on_message=show, reconnects=args.reconnects
+        )
+    )
     return 0 if result.of_type("end") else 1
 
 

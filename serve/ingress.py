@@ -13,6 +13,7 @@ from serve.core.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, Pro
 from serve.core.messages import Ready
 from serve.core.session import Session, StreamParams
 from serve.core.settings import IngressOptions
+from serve.metrics import IngressMetrics
 from serve.socket_stream import SocketStream, StreamClosed, send_error
 
 log = logging.getLogger("ray.serve")
@@ -31,6 +32,8 @@ class Ingress:
         self.default_language = default_language
         self.sessions: dict[str, Session] = {}
         self._model: dict | None = None
+        self.metrics = IngressMetrics()
+        self.metrics.open_streams.set(0)
         self.reconfigure({})
 
     def reconfigure(self, config: dict) -> None:
@@ -82,6 +85,7 @@ class Ingress:
             )
         session = Session(params)
         self.sessions[session.id] = session  # no await since the count: the limit holds
+        self.metrics.open_streams.set(len(self.sessions))
         return session
 
     @app.websocket("/v1/listen")
@@ -92,14 +96,17 @@ class Ingress:
             info = await self.model_info()
             session = self.open_session(ws, info)
             await ws.send_text(Ready(session=session.id, model=info["model"], sample_rate=16_000).to_json())
-            await SocketStream(ws, session, self.buffer_manager, self.limits).run()
+            self.metrics.streams.inc()
+            await SocketStream(ws, session, self.buffer_manager, self.limits, self.metrics).run()
         except ProtocolError as exc:  # refused before any audio was accepted
+            self.metrics.error(exc.code)
             await send_error(ws, exc)
             await ws.close(exc.close_code or CLOSE_POLICY)
         except (StreamClosed, WebSocketDisconnect):
             pass
         except Exception:  # nothing a client sends may take the replica's handler down unanswered
             log.exception("stream %s: unexpected failure", session.id if session else "-")
+            self.metrics.error("internal")
             try:
                 await send_error(ws, ProtocolError("internal", "the server failed on this stream"))
                 await ws.close(CLOSE_INTERNAL)
@@ -108,3 +115,4 @@ class Ingress:
         finally:
             if session is not None:
                 del self.sessions[session.id]
+                self.metrics.open_streams.set(len(self.sessions))

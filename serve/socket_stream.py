@@ -16,10 +16,11 @@ from serve.core.errors import (
     CLOSE_TRY_LATER,
     ProtocolError,
 )
-from serve.core.messages import End, Error, Finalize, Partial, parse_client_text
+from serve.core.messages import End, Error, Final, Finalize, parse_client_text
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
 from serve.faults import RETRYABLE, retry_dead_replica
+from serve.metrics import ArrivalClock, IngressMetrics
 
 log = logging.getLogger("ray.serve")
 
@@ -39,8 +40,13 @@ class SocketStream:
     everything that arrived while a call was in flight goes into the next call together.
     """
 
-    def __init__(self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions) -> None:
+    def __init__(
+        self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions,
+        metrics: IngressMetrics,
+    ) -> None:
         self.ws, self.session, self.buffer_manager, self.limits = ws, session, buffer_manager, limits
+        self.metrics = metrics
+        self.clock = ArrivalClock()
         self.pending: list[np.ndarray] = []
         self.pending_samples = 0
         self.finalize = False
@@ -71,6 +77,7 @@ class SocketStream:
             await self.ws.send_text(text)
 
     async def fail(self, exc: ProtocolError) -> None:
+        self.metrics.error(exc.code)
         async with self.send_lock:
             await send_error(self.ws, exc)
             if exc.fatal:
@@ -125,6 +132,9 @@ class SocketStream:
                         )
                     self.pending.append(pcm)
                     self.pending_samples += pcm.size
+                    if pcm.size:
+                        self.clock.received(pcm.size)
+                        self.metrics.audio_seconds.inc(pcm.size / 16_000)
                     self.last_audio = time.monotonic()
                     if self.session.decoder.seconds_in >= limits.max_stream_s:
                         self.end_with(
@@ -179,6 +189,11 @@ class SocketStream:
             return
         session.state = processed.state
         for message in processed.messages:
-            if isinstance(message, Partial) and not session.params.interim_results:
+            if isinstance(message, Final):
+                self.metrics.finals.inc()
+                self.metrics.final_lag.observe(self.clock.lag(message.end))
+            elif not session.params.interim_results:
                 continue
+            else:
+                self.metrics.partials.inc()
             await self.send(message.to_json())

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 
+import ray
 from ray import serve
 
 from serve.core.engine import BatchedWhisper, DecodeRequest, DecodeResult, EngineOptions
 from serve.core.settings import BatchOptions
 from serve.core.shedding import PartialShedder
+from serve.metrics import WhisperMetrics
 
 log = logging.getLogger("ray.serve")
 
@@ -37,7 +40,18 @@ class Whisper:
         self.batch_sizes: Counter[int] = Counter()
         self.decode_seconds = 0.0
         self.shed = 0
-        log.info("Whisper %s on %s (%s)", self.engine.model_name, self.engine.device, self.engine.compute_type)
+        self.metrics = WhisperMetrics()
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it assigned this replica, so the engine's device index 0
+        # is the assigned GPU; with no GPU assigned the replica sees none (serve.app.HIDE_GPUS) and runs on CPU.
+        self.placement = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+        log.info(
+            "Whisper %s on %s (%s), placement %s",
+            self.engine.model_name, self.engine.device, self.engine.compute_type, self.placement,
+        )
 
     def reconfigure(self, config: dict) -> None:
         """Live knobs from ``user_config``: batch size and wait, when to shed partial decodes."""
@@ -51,6 +65,7 @@ class Whisper:
         """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind."""
         if not self.shedder.admit(optional):
             self.shed += 1
+            self.metrics.partials_shed.inc()
             return Shed()
         self.shedder.queued += 1
         try:
@@ -65,6 +80,9 @@ class Whisper:
         self.batch_sizes[len(requests)] += 1
         self.decode_seconds += self.engine.stats.seconds
         self.shedder.record(len(requests), self.engine.stats.seconds)
+        self.metrics.batch_size.observe(len(requests))
+        self.metrics.decode_seconds.observe(self.engine.stats.seconds)
+        self.metrics.windows.inc(len(requests))
         return [
             DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in results
         ]
@@ -82,4 +100,5 @@ class Whisper:
             "batches": sum(self.batch_sizes.values()),
             "decode_seconds": round(self.decode_seconds, 3),
             "partials_shed": self.shed,
+            **self.placement,
         }

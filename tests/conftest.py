@@ -161,3 +161,9 @@ def actor_pid(actor) -> int:  # type: ignore[no-untyped-def]
     import ray
 
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The multi-node cluster tests run first: a process joins one Ray cluster at a time, and the
+    single-node ``service`` lives until the session ends once something has started it."""
+    items.sort(key=lambda item: item.path.name != "test_cluster.py")

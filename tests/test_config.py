@@ -3,6 +3,8 @@
 import copy
 
 import pytest
+import ray
+import yaml
 from pydantic import ValidationError
 from ray.serve.schema import (
     DeploymentSchema,
@@ -13,7 +15,7 @@ from ray.serve.schema import (
 )
 
 from serve.core.settings import AppSettings
-from tests.conftest import serve_yaml
+from tests.conftest import REPO, serve_yaml
 
 
 def unknown_keys(config: dict) -> list[str]:
@@ -56,7 +58,14 @@ def test_args_validate_as_app_settings():
 
 @pytest.mark.parametrize(
     "path,value",
-    [(("engine", "modle"), "x"), (("batching", "max_batch_size"), 0), (("streaming", "vad", "threshold"), 1.5), (("limitz",), {})],
+    [
+        (("engine", "modle"), "x"),
+        (("batching", "max_batch_size"), 0),
+        (("streaming", "vad", "threshold"), 1.5),
+        (("limitz",), {}),
+        (("placement", "whisper_gpus"), -1),
+        (("placement", "whisper_gpus"), "all"),
+    ],
 )
 def test_a_misspelt_or_out_of_range_arg_fails(path, value):
     args = copy.deepcopy(serve_yaml()["applications"][0]["args"])
@@ -66,3 +75,50 @@ def test_a_misspelt_or_out_of_range_arg_fails(path, value):
     target[path[-1]] = value
     with pytest.raises(ValidationError):
         AppSettings.model_validate(args)
+
+
+def deployments() -> dict[str, dict]:
+    return {d["name"]: d for d in serve_yaml()["applications"][0]["deployments"]}
+
+
+def test_every_deployment_autoscales_within_its_request_cap():
+    for name, deployment in deployments().items():
+        scaling = deployment["autoscaling_config"]
+        assert "num_replicas" not in deployment, name
+        assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"], name
+        assert scaling["target_ongoing_requests"] < deployment["max_ongoing_requests"], name
+    assert deployments()["Ingress"]["max_replicas_per_node"] == 1
+
+
+def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
+    from serve.app import HIDE_GPUS, whisper_actor_options
+    from serve.core.settings import PlacementOptions
+
+    # ray_actor_options written in serve.yaml would replace what args.placement sets.
+    assert "ray_actor_options" not in deployments()["Whisper"]
+    assert serve_yaml()["applications"][0]["runtime_env"]["env_vars"] == HIDE_GPUS
+    auto = PlacementOptions()
+    assert whisper_actor_options(auto, 0)["num_gpus"] == 0  # a laptop: CPU
+    assert whisper_actor_options(auto, 4)["num_gpus"] == 1  # one replica per GPU
+    packed = whisper_actor_options(PlacementOptions(whisper_gpus=0.25, whisper_resources={"A100": 1}), 4)
+    assert packed["num_gpus"] == 0.25 and packed["resources"] == {"A100": 1}
+    assert packed["runtime_env"]["env_vars"] == HIDE_GPUS
+
+
+def test_kuberay_manifest_deploys_serve_yaml_verbatim_on_gpu_workers():
+    manifest = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    spec = manifest["spec"]
+    embedded = yaml.safe_load(spec["serveConfigV2"])
+    assert embedded == serve_yaml(), "deploy/kuberay/rayservice.yaml's serveConfigV2 differs from serve.yaml"
+    ServeDeploySchema.model_validate(embedded)
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    (gpu,) = cluster["workerGroupSpecs"]
+    container = gpu["template"]["spec"]["containers"][0]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert gpu["rayStartParams"]["num-gpus"] == gpus == "1"
+    assert gpu["maxReplicas"] == deployments()["Whisper"]["autoscaling_config"]["max_replicas"]
+    serve_port = embedded["http_options"]["port"]
+    assert {"containerPort": serve_port, "name": "serve"} in container["ports"]

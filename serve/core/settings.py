@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -104,6 +105,37 @@ class IngressOptions(BaseModel):
     auth: AuthOptions = Field(default_factory=AuthOptions)
 
 
+class PlacementOptions(BaseModel):
+    """Where Ray puts the Whisper replicas (the Ingress and BufferManager are CPU-only and see no GPU)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    whisper_gpus: float | Literal["auto"] = Field(
+        "auto",
+        description="GPUs each Whisper replica reserves: 1 pins one replica per GPU; a fraction (0.5, 0.25) packs "
+        "small models onto one GPU; 0 runs on CPU. auto: 1 when the cluster has GPUs when the app is deployed, else 0.",
+    )
+    whisper_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs each Whisper replica reserves.")
+    whisper_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each Whisper replica needs, e.g. {'accelerator_type:A100': 0.001} or a "
+        "resource your GPU nodes declare.",
+    )
+
+    @field_validator("whisper_gpus")
+    @classmethod
+    def _gpus_in_range(cls, gpus: float | str) -> float | str:
+        if gpus != "auto" and not 0 <= float(gpus) <= 8:
+            raise ValueError("whisper_gpus is 'auto' or a number of GPUs from 0 to 8")
+        return gpus
+
+    def whisper_gpus_for(self, cluster_gpus: float) -> float:
+        """The GPUs a Whisper replica reserves on a cluster with ``cluster_gpus`` GPUs in all."""
+        if self.whisper_gpus == "auto":
+            return 1.0 if cluster_gpus >= 1 else 0.0
+        return float(self.whisper_gpus)
+
+
 class AppSettings(BaseModel):
     """The application's arguments (serve.yaml ``args``), validated once by the app builder."""
 
@@ -114,4 +146,5 @@ class AppSettings(BaseModel):
     batching: BatchOptions = Field(default_factory=BatchOptions)
     limits: LimitOptions = Field(default_factory=LimitOptions)
     auth: AuthOptions = Field(default_factory=AuthOptions)
+    placement: PlacementOptions = Field(default_factory=PlacementOptions)
     default_language: str = Field("en", description="Language when the client names none ('auto' to detect).")

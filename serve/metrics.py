@@ -1,0 +1,77 @@
+"""The service's Prometheus metrics, through Ray Serve's custom metrics (``ray.serve.metrics``).
+
+Each replica creates its own set in ``__init__`` (Serve tags them with application, deployment
+and replica); every node's Ray metrics agent exports them on the node's ``metrics_export_port``
+with a ``ray_`` prefix, counters with ``_total``: ``ray_asr_finals_total``,
+``ray_asr_final_lag_seconds_bucket``, ... README, "Metrics", lists them with the queries that
+answer "are we keeping up?".
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from serve.core.audio import SAMPLE_RATE
+
+LAG_BOUNDARIES_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0]
+DECODE_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class IngressMetrics:
+    """Streams, audio, finals, their lag and the errors clients were sent (one set per Ingress replica)."""
+
+    def __init__(self) -> None:
+        self.open_streams = Gauge("asr_open_streams", description="WebSocket streams open on this Ingress replica.")
+        self.streams = Counter("asr_streams", description="Streams accepted (sent 'ready').")
+        self.audio_seconds = Counter("asr_audio_seconds", description="Seconds of audio received from clients.")
+        self.finals = Counter("asr_finals", description="Final (committed) messages sent.")
+        self.partials = Counter("asr_partials", description="Partial (tentative) messages sent.")
+        self.final_lag = Histogram(
+            "asr_final_lag_seconds",
+            description="From the arrival of the audio a final ends with to the final being sent.",
+            boundaries=LAG_BOUNDARIES_S,
+        )
+        self.errors = Counter("asr_errors", description="Error messages sent to clients, by code.", tag_keys=("code",))
+
+    def error(self, code: str) -> None:
+        self.errors.inc(tags={"code": code})
+
+
+class WhisperMetrics:
+    """Batches formed and what decoding them cost (one set per Whisper replica)."""
+
+    def __init__(self) -> None:
+        self.batch_size = Histogram(
+            "asr_batch_size", description="Windows decoded together in one engine call.", boundaries=BATCH_BOUNDARIES
+        )
+        self.decode_seconds = Histogram(
+            "asr_decode_seconds", description="Time of one batched engine call.", boundaries=DECODE_BOUNDARIES_S
+        )
+        self.windows = Counter("asr_windows_decoded", description="Audio windows decoded.")
+        self.partials_shed = Counter(
+            "asr_partials_shed", description="Partial decodes refused because the replica was behind."
+        )
+
+
+class ArrivalClock:
+    """When each stretch of a stream's audio arrived, to measure a final's lag from its ``end``."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self._arrivals: deque[tuple[int, float]] = deque()
+
+    def received(self, samples: int) -> None:
+        self.samples += samples
+        self._arrivals.append((self.samples, time.monotonic()))
+
+    def lag(self, end_s: float) -> float:
+        """Seconds since the audio holding stream time ``end_s`` arrived (older audio is forgotten)."""
+        end = round(end_s * SAMPLE_RATE)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
+            self._arrivals.popleft()
+        arrived = self._arrivals[0][1] if self._arrivals else time.monotonic()
+        return max(time.monotonic() - arrived, 0.0)
