@@ -121,7 +121,7 @@ async def stream_file(
                 finally:
                     send_task.cancel()
                 result.close_code = ws.close_code
-        except (OSError, websockets.InvalidHandshake):
+        except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):  # gone before or while opening
             if result.reconnects >= reconnects:
                 raise
             result.close_code = None
