@@ -313,10 +313,11 @@ async def fetch_json(http_url: str | None, path: str) -> dict[str, Any] | None:
 
 
 def http_base(ws_url: str) -> str:
-    """ws://host:port/v1/listen -> http://host:port"""
+    """ws://host:port/v1/listen -> http://host:port; an app under a route prefix keeps it (…/unbatched/v1/listen)."""
     parts = urllib.parse.urlsplit(ws_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urllib.parse.urlunsplit((scheme, parts.netloc, "", "", ""))
+    prefix = parts.path.removesuffix("/").removesuffix("/v1/listen")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, prefix, "", ""))
 
 
 class CpuSampler:

@@ -330,6 +330,7 @@ def test_encodings_carry_the_same_samples():
 def test_urls():
     assert bench.http_base("ws://127.0.0.1:8124/v1/listen") == "http://127.0.0.1:8124"
     assert bench.http_base("wss://asr.example/v1/listen?x=1") == "https://asr.example"
+    assert bench.http_base("ws://127.0.0.1:8124/unbatched/v1/listen") == "http://127.0.0.1:8124/unbatched"
     url = bench.stream_url("ws://h:1/v1/listen?encoding=f32le", bench.Options(encoding="s16le", language="en"))
     assert "encoding=f32le" in url and "sample_rate=16000" in url and "language=en" in url
 
