@@ -27,12 +27,13 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
+def actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict[str, Any]:
+    """A replica's Ray options: its CPUs and GPUs, and it sees only the GPUs it reserves (HIDE_GPUS)."""
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": dict(HIDE_GPUS)}}
+
+
 def whisper_actor_options(placement: PlacementOptions, gpus_in_cluster: float) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "num_cpus": placement.whisper_cpus,
-        "num_gpus": placement.whisper_gpus_for(gpus_in_cluster),
-        "runtime_env": {"env_vars": dict(HIDE_GPUS)},
-    }
+    options = actor_options(placement.whisper_cpus, placement.whisper_gpus_for(gpus_in_cluster))
     if placement.whisper_resources:
         options["resources"] = dict(placement.whisper_resources)
     return options
@@ -47,13 +48,13 @@ def build_app(args: dict[str, Any]) -> Application:
     ).bind(settings.engine.model_dump(mode="json"))
     buffer_manager = BufferManager.options(
         user_config=settings.streaming.model_dump(mode="json"),
-        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": dict(HIDE_GPUS)}},
+        ray_actor_options=actor_options(num_cpus=0.5),
     ).bind(whisper)
     # Keys travel (and show in Serve's config and logs) only as SHA-256 digests.
     ingress = IngressOptions(limits=settings.limits, auth=hashed(settings.auth))
     return Ingress.options(
         user_config=ingress.model_dump(mode="json"),
-        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": dict(HIDE_GPUS)}},
+        ray_actor_options=actor_options(num_cpus=0.25),
     ).bind(buffer_manager, whisper, settings.default_language)
 
 

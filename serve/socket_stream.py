@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import WebSocket
 from ray.serve.handle import DeploymentHandle
 
+from serve.core.audio import SAMPLE_RATE
 from serve.core.errors import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -101,7 +102,7 @@ class SocketStream:
 
     async def receive_loop(self) -> None:
         limits = self.limits
-        max_pending = int(limits.max_pending_seconds * 16_000)
+        max_pending = int(limits.max_pending_seconds * SAMPLE_RATE)
         while True:
             message = await self.next_message()
             if message["type"] == "idle":
@@ -134,7 +135,7 @@ class SocketStream:
                     self.pending_samples += pcm.size
                     if pcm.size:
                         self.clock.received(pcm.size)
-                        self.metrics.audio_seconds.inc(pcm.size / 16_000)
+                        self.metrics.audio_seconds.inc(pcm.size / SAMPLE_RATE)
                     self.last_audio = time.monotonic()
                     if self.session.decoder.seconds_in >= limits.max_stream_s:
                         self.end_with(

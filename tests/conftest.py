@@ -144,6 +144,19 @@ def check_finals(finals: list[dict], duration: float) -> None:
         end = final["end"]
 
 
+def wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` every 0.5 s until it returns something true (returned), or fail after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 def replica_actors(deployment: str) -> list:
     """Handles of the live replicas of one deployment of the ``asr`` application."""
     import ray

@@ -30,7 +30,7 @@ from serve.bench_metrics import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
 from serve.offline import OfflineTranscriber
-from tests.conftest import REPO, check_finals, free_port, serve_yaml
+from tests.conftest import REPO, check_finals, free_port, serve_yaml, wait_for
 
 pytestmark = pytest.mark.serve
 
@@ -107,14 +107,6 @@ def placements(deployment: str) -> list[dict]:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass  # a replica that died with its node and is still being cleaned up
     return found
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

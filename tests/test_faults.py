@@ -14,19 +14,9 @@ import websockets
 from serve.bench_metrics import pooled_wer, word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio, to_int16
-from tests.conftest import actor_pid, check_finals, replica_actors
+from tests.conftest import actor_pid, check_finals, replica_actors, wait_for
 
 pytestmark = pytest.mark.serve
-
-
-def wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def kill_one(deployment: str) -> str:
