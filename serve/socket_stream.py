@@ -144,6 +144,8 @@ class SocketStream:
                     self.wake.set()
                 elif text is not None:
                     control = parse_client_text(text)
+                    if self.ending is not None:
+                        continue  # a stop that crossed the server's own ending (max_duration, idle_timeout)
                     if self.stopped:
                         raise ProtocolError("bad_message", "the stream is stopping")
                     if isinstance(control, Finalize):

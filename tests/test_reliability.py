@@ -265,8 +265,12 @@ def test_a_stream_is_flushed_and_closed_at_max_stream_s(guarded, by_id):
     args["limits"]["max_stream_s"] = 6.0
     original = guarded.args
     guarded.redeploy(args)
+    # The client's own stop crosses the server's ending: all 10.4 s and the stop are sent before
+    # the server can have flushed the first 6 s. The stop is no error of the client's.
+    crossing = sends(*[f32(c) for c in np.array_split(load_audio(item.path), 11)], then_stop=True)
     try:
         result = asyncio.run(stream_file(load_audio(item.path), guarded.ws, speed=3.0, params={"token": KEY}))
+        crossed = asyncio.run(crossing(guarded.ws))
     finally:
         guarded.redeploy(original)
     errors = result.of_type("error")
@@ -275,6 +279,9 @@ def test_a_stream_is_flushed_and_closed_at_max_stream_s(guarded, by_id):
     # What was sent up to the limit is transcribed ("he hoped there would be stew for dinner" is in the first 6 s).
     assert "stew for dinner" in result.text.lower()
     assert all(f["end"] <= 6.0 + 1e-3 for f in result.finals)
+    assert crossed.errors == ["max_duration"] and crossed.close_code == 1008, crossed.messages
+    finals = [m for m in crossed.messages if m["type"] == "final"]
+    assert "stew for dinner" in " ".join(f["text"] for f in finals).lower()
 
 
 def test_keys_never_reach_the_logs(guarded):
