@@ -23,6 +23,23 @@ def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest
     assert len({tuple(_words(b)) for b in batched}) == 8  # no item got another's text
 
 
+def test_words_do_not_depend_on_what_a_window_is_batched_with(engine, manifest):
+    """Windows up to min_input_s share a short encoder input, longer ones get Whisper's 30 s: a batch holding
+    both makes one call per shape, and each item comes out as it does alone."""
+    long_item = max((item for item in manifest if item.subset == "long"), key=lambda item: item.duration_s)
+    window = load_audio(long_item.path)[: int((engine.options.min_input_s + 4) * 16_000)]
+    short = [item for item in manifest if item.subset == "short"][:3]
+    requests = [DecodeRequest(window)] + [DecodeRequest(load_audio(item.path)) for item in short]
+    singles = [engine.transcribe(r) for r in requests]
+    batched = engine.transcribe_batch(requests)
+    assert engine.stats.engine_calls == 2 and engine.stats.size == 4
+    for single, batch in zip(singles, batched):
+        assert not isinstance(batch, Exception)
+        assert _words(batch) == _words(single) and len(_words(batch)) >= 3
+    # The long window really is heard to its end: its last word lies past the short input's 20 s.
+    assert batched[0].words[-1].end > engine.options.min_input_s
+
+
 def test_each_item_keeps_its_own_prompt(engine, by_id):
     audio = load_audio(by_id["ls-1089-134691-0000"].path)
     plain, prompted = engine.transcribe_batch([DecodeRequest(audio), DecodeRequest(audio, prompt="For a full hour he had paced up and down.")])

@@ -1,5 +1,9 @@
 """Accuracy on real speech: streaming through the core vs the same model offline."""
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from serve.bench_metrics import normalize_text, pooled_wer
@@ -18,11 +22,41 @@ def stream_text(processor, engine, path) -> str:
     return " ".join(m.text for m in messages if isinstance(m, Final))
 
 
+@pytest.fixture(scope="module")
+def stream_texts(vad):
+    """Streams files in parallel, one single-threaded engine per core: 1.5x the throughput of one
+    two-threaded engine on two cores (a CPU gains nothing from batching, see the README)."""
+    from serve.core.engine import BatchedWhisper, EngineOptions
+    from serve.core.stream import StreamProcessor
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    engines = [BatchedWhisper(EngineOptions(cpu_threads=1)) for _ in range(workers)]
+    free, lock = list(engines), threading.Lock()
+
+    def one(path) -> str:  # type: ignore[no-untyped-def]
+        with lock:
+            engine = free.pop()
+        try:
+            return stream_text(StreamProcessor(vad=vad), engine, path)
+        finally:
+            with lock:
+                free.append(engine)
+
+    def run(paths) -> list[str]:  # type: ignore[no-untyped-def]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, paths))
+
+    return run
+
+
 @pytest.mark.parametrize("subset", ["short", "long"])
-def test_streaming_wer_is_within_ten_percent_of_offline(processor, engine, manifest, subset):
+def test_streaming_wer_is_within_ten_percent_of_offline(stream_texts, manifest, subset):
     items = [item for item in manifest if item.subset == subset]
     offline = OfflineTranscriber()
-    streamed = [(item.text, stream_text(processor, engine, item.path)) for item in items]
+    # Longest first, so that no file is left to run alone at the end.
+    by_length = sorted(items, key=lambda item: -item.duration_s)
+    texts = dict(zip((item.id for item in by_length), stream_texts([item.path for item in by_length])))
+    streamed = [(item.text, texts[item.id]) for item in items]
     reference = [(item.text, offline.transcribe(item.path)) for item in items]
     streamed_wer, offline_wer = pooled_wer(streamed), pooled_wer(reference)
     print(f"{subset}: {len(items)} files, streaming WER {streamed_wer:.4f}, offline WER {offline_wer:.4f}, "

@@ -5,6 +5,10 @@ features of every window stacked, ``encode`` once, ``generate`` with one prompt 
 window (each with its own previous text, language and task), then one ``align``
 for word timestamps. Unlike that pipeline, every item keeps its own prompt and a
 failure stays with its item.
+
+Windows up to ``min_input_s`` (20 s) go to the encoder padded to 20 s, longer ones
+to Whisper's 30 s; a batch holding both makes one call per shape. So an item's words
+never depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ class EngineOptions(BaseModel):
     log_prob_threshold: float = Field(-1.0, description="...and its average log probability is below this.")
     compression_ratio_threshold: float = Field(
         2.4, gt=1.0, description="Text more compressible than this is a repetition loop and is dropped."
+    )
+    min_input_s: float = Field(
+        20.0, ge=1.0, le=MAX_WINDOW_SECONDS,
+        description="Windows up to this long are padded with silence to this many seconds before the encoder, "
+        "longer ones to Whisper's 30: the encoder's cost shrinks with its input. 20 decodes 1.6x faster on CPU "
+        "at the same WER (README); 10-15 lose words.",
     )
 
 
@@ -152,8 +162,8 @@ class BatchedWhisper:
         calls = 0
         if prepared:
             try:
-                calls = 1
-                for item, result in zip(prepared, self._decode(prepared)):
+                decoded, calls = self._decode(prepared)
+                for item, result in zip(prepared, decoded):
                     results[item.index] = result
             except Exception:
                 # Find the item that broke the call; the others still get their text.
@@ -161,7 +171,7 @@ class BatchedWhisper:
                 for item in prepared:
                     calls += 1
                     try:
-                        results[item.index] = self._decode([item])[0]
+                        results[item.index] = self._decode([item])[0][0]
                     except Exception as exc:
                         results[item.index] = exc
         stats = self.stats
@@ -181,8 +191,6 @@ class BatchedWhisper:
         return self._tokenizers[key]
 
     def _prepare(self, index: int, request: DecodeRequest) -> _Prepared:
-        from faster_whisper.audio import pad_or_trim
-
         audio = request.audio
         if audio.dtype == np.int16:
             audio = to_float32(audio)
@@ -204,13 +212,36 @@ class BatchedWhisper:
         frames = audio.size // self.model.feature_extractor.hop_length
         features = None
         if frames:
-            features = pad_or_trim(self.model.feature_extractor(audio)[..., :-1])
+            features = self.model.feature_extractor(audio)[..., :-1]
         return _Prepared(index, request, language, frames, features)
 
-    def _decode(self, items: list[_Prepared]) -> list[DecodeResult]:
+    def _input_frames(self, item: _Prepared) -> int:
+        """The encoder input an item is padded to: ``min_input_s``, or Whisper's 30 s for a longer window. Two
+        shapes only, and each item's depends on itself alone: its words never depend on what it was batched with."""
+        per_second = self.model.frames_per_second
+        short = int(self.options.min_input_s * per_second)
+        return short if item.frames <= short else int(MAX_WINDOW_SECONDS * per_second)
+
+    def _stack(self, items: list[_Prepared]) -> np.ndarray:
+        from faster_whisper.audio import pad_or_trim
+
+        return np.stack([pad_or_trim(item.features, self._input_frames(item)) for item in items])
+
+    def _decode(self, items: list[_Prepared]) -> tuple[list[DecodeResult], int]:
+        """Decode ``items`` in one engine call per input shape; returns the results and the number of calls."""
+        groups: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(self._input_frames(item), []).append(i)
+        results: list[DecodeResult | None] = [None] * len(items)
+        for members in groups.values():
+            for i, result in zip(members, self._decode_shape([items[i] for i in members])):
+                results[i] = result
+        return [r for r in results if r is not None], len(groups)
+
+    def _decode_shape(self, items: list[_Prepared]) -> list[DecodeResult]:
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
-        features = np.stack([item.features for item in items])
+        features = self._stack(items)
         encoded = self.model.encode(features)
         undetected = [i for i, item in enumerate(items) if item.language is None]
         if undetected:
@@ -266,7 +297,7 @@ class BatchedWhisper:
                 group_encoded = encoded
             else:  # mixed languages or tasks in one batch: each start sequence aligns apart
                 group_encoded = self.model.model.encode(
-                    get_ctranslate2_storage(np.stack([items[i].features for i in members])),
+                    get_ctranslate2_storage(self._stack([items[i] for i in members])),
                     to_cpu=False,
                 )
             alignments = self.model.find_alignment(
@@ -281,7 +312,8 @@ class BatchedWhisper:
                 seen = 0  # tokens of the words so far: the prefix's words are not returned
                 for a in alignment:
                     seen += len(a["tokens"])
-                    if a["word"] and seen > prefix_lengths[i]:
+                    # Punctuation left alone (no word to attach to) is what the decoder says over silence: "."
+                    if seen > prefix_lengths[i] and any(c.isalnum() for c in a["word"]):
                         start, end = min(float(a["start"]), limit), min(float(a["end"]), limit)
                         results[i].words.append(Word(a["word"], round(start, 3), round(end, 3), float(a["probability"])))
 
