@@ -231,19 +231,17 @@ class StreamProcessor:
             self._trim(state, int(state.committed[-1].end * SAMPLE_RATE))
             return []
         messages: list[Message] = []
-        if window.kind is WindowKind.FINAL and words and self._stopped_early(state, words):
-            # The decoder ended (end-of-text) well before the utterance did: commit what it heard and decode the
-            # rest of the utterance again, after these words, rather than trimming it away unheard.
-            self._commit(state, words, messages)
-            self._trim(state, self._context_cut(state, round(state.last_final_end * SAMPLE_RATE)))
-            state.hypothesis = []
-            state.partial_text = ""
-            return messages
         if window.kind is WindowKind.FINAL:
+            stopped_early = bool(words) and self._stopped_early(state, words)
             self._commit(state, words, messages)
-            state.closed.pop(0)
-            following = state.closed[0] if state.closed else state.vad.open_segment
-            end = window.end if following is None else min(window.end, following.start - self.options.vad.pad_samples)
+            if stopped_early:
+                # The decoder ended (end-of-text) well before the utterance did: the utterance stays open and the
+                # rest of it is decoded again, after these words, rather than trimmed away unheard.
+                end = round(state.last_final_end * SAMPLE_RATE)
+            else:
+                state.closed.pop(0)
+                following = state.closed[0] if state.closed else state.vad.open_segment
+                end = window.end if following is None else min(window.end, following.start - self.options.vad.pad_samples)
             self._trim(state, self._context_cut(state, end))
             state.hypothesis = []
             state.partial_text = ""
