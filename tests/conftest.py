@@ -144,6 +144,25 @@ def check_finals(finals: list[dict], duration: float) -> None:
         end = final["end"]
 
 
+TIMING_SPREAD_ERRORS = 4
+"""How many word errors chunk timing alone moves the long file by, plus one. The service merges a stream's chunks
+while a call is in flight, so two undisturbed runs decode different windows: fed 1 s chunks, or 2 s ones at random
+as a busy server merges them, 13 runs gave 12 to 15 errors in its 232 words (deletions 4 in every run, insertions
+0 to 2). A lost or doubled final moves them further: check_finals catches a doubled one, the deletion bound a lost one."""
+
+
+def check_errors(reference: str, text: str, baseline: str, what: str) -> None:
+    """``text`` is as accurate as ``baseline`` (1.10x its word errors) up to the spread of chunk timing, and lost no
+    more words than it (deletions) nor said any more twice (insertions) beyond that spread."""
+    from serve.bench_metrics import word_errors
+
+    hit, calm = word_errors(reference, text), word_errors(reference, baseline)
+    print(f"{what}: {hit.errors} errors (del {hit.deletions}, ins {hit.insertions}) vs {calm.errors} "
+          f"(del {calm.deletions}, ins {calm.insertions}) in {calm.reference_words} words")
+    assert hit.errors <= 1.10 * calm.errors + TIMING_SPREAD_ERRORS, (hit, calm)
+    assert hit.deletions <= calm.deletions + 2 and hit.insertions <= calm.insertions + 3, (hit, calm)
+
+
 def wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
     """Poll ``condition`` every 0.5 s until it returns something true (returned), or fail after ``timeout``."""
     import time

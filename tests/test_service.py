@@ -12,7 +12,7 @@ from serve.bench_metrics import normalize_text, pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio
 from serve.offline import OfflineTranscriber
-from tests.conftest import check_finals
+from tests.conftest import check_errors, check_finals
 
 pytestmark = pytest.mark.serve
 
@@ -38,10 +38,8 @@ def test_a_long_file_end_to_end(long_run, offline):
     assert result.of_type("end")[0]["duration"] == pytest.approx(audio.size / 16_000, abs=0.01)
     assert result.close_code == 1000
     check_finals(result.finals, audio.size / 16_000)
-    streamed = pooled_wer([(item.text, result.text)])
-    reference = pooled_wer([(item.text, offline.transcribe(item.path))])
-    print(f"streamed WER {streamed:.3f}, offline WER {reference:.3f}")
-    assert streamed <= 1.10 * reference + 0.005
+    # One 232-word file: 1.10x offline is held pooled over the eval set, with fixed 1 s chunks, in test_wer.
+    check_errors(item.text, result.text, offline.transcribe(item.path), "streamed vs offline")
 
 
 def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
