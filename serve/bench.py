@@ -157,6 +157,14 @@ def stream_url(url: str, options: Options) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
+def _word_ends(words: Any) -> tuple[float, ...]:
+    """The ``end`` of each word of a final's ``words`` list; anything malformed is left out."""
+    if not isinstance(words, list):
+        return ()
+    ends = (_number(w.get("end")) for w in words if isinstance(w, dict))
+    return tuple(e for e in ends if e is not None)
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -229,7 +237,8 @@ async def _receive(ws: Any, record: StreamRecord, progress: Progress) -> None:
                 continue
             record.messages.append(
                 bm.Received(
-                    kind, arrival, str(data.get("text") or ""), _number(data.get("start")), _number(data.get("end"))
+                    kind, arrival, str(data.get("text") or ""), _number(data.get("start")), _number(data.get("end")),
+                    _word_ends(data.get("words")),
                 )
             )
             if kind == "final":
@@ -376,6 +385,7 @@ def analyze_stream(record: StreamRecord, offline_text: str | None, options: Opti
     hypothesis = bm.transcript(record.messages)
     points = bm.final_lags(record.messages, started, options.speed) if record.started is not None else []
     onsets = bm.onset_lags(record.messages, started, options.speed) if record.started is not None else []
+    word_lags = bm.word_lags(record.messages, started, options.speed) if record.started is not None else []
     keep = bm.keep_up(points)
     errors = bm.word_errors(record.item.text, hypothesis)
     offline = bm.word_errors(record.item.text, offline_text) if offline_text is not None else None
@@ -401,6 +411,8 @@ def analyze_stream(record: StreamRecord, offline_text: str | None, options: Opti
         "offline_wer": offline.wer if offline else None,
         "final_lag": asdict(bm.summarize([p.lag for p in points])),
         "final_lags": [{"audio_end": p.audio_end, "due": p.due, "lag": p.lag} for p in points],
+        "word_final_lag": asdict(bm.summarize(word_lags)),
+        "word_final_lags": word_lags,
         "first_text_lag": asdict(bm.summarize(onsets)),
         "first_text_lags": onsets,
         "kept_up": keep.kept_up,
@@ -416,6 +428,7 @@ def analyze_run(run: RunRecord, offline: dict[Path, str] | None, options: Option
     streams = [analyze_stream(r, offline.get(r.item.path) if offline else None, options) for r in run.records]
     lags = [p["lag"] for s in streams for p in s["final_lags"]]
     onsets = [lag for s in streams for lag in s["first_text_lags"]]
+    word_lags = [lag for s in streams for lag in s["word_final_lags"]]
     streaming = sum((bm.WordErrors(**s["word_errors"]) for s in streams), bm.NO_ERRORS)
     offline_errors = (
         sum((bm.WordErrors(**s["offline_word_errors"]) for s in streams), bm.NO_ERRORS) if offline is not None else None
@@ -430,6 +443,7 @@ def analyze_run(run: RunRecord, offline: dict[Path, str] | None, options: Option
         "offline_wer": offline_errors.wer if offline_errors else None,
         "final_lag": asdict(bm.summarize(lags)),
         "first_text_lag": asdict(bm.summarize(onsets)),
+        "word_final_lag": asdict(bm.summarize(word_lags)),
         "max_send_late_s": max((s["max_send_late_s"] for s in streams), default=0.0),
         "server": {
             "cpu": run.server_cpu,
@@ -492,16 +506,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"SLO p95 final lag ≤ {criteria['slo_s']:g} s, WER ≤ {criteria['wer_ratio']:g} × offline"
         + (f" + {criteria['wer_slack']:g}" if criteria["wer_slack"] else ""),
         "",
-        "| service | N | failed | final lag p50 / p95 / max (s) | first text p50 / p95 (s) | WER stream / offline "
-        "| kept up | server CPU mean / max | mean batch | verdict |",
-        "| --- | ---: | ---: | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| service | N | failed | final lag p50 / p95 / max (s) | word final lag p50 / p95 (s) "
+        "| first text p50 / p95 (s) | WER stream / offline | kept up | server CPU mean / max | mean batch | verdict |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
     for run in results["runs"]:
         lag, first, cpu, server = run["final_lag"], run["first_text_lag"], run["server"]["cpu"], run["server"]
+        words = run.get("word_final_lag") or {"p50": None, "p95": None}
         verdict = run["verdict"]
         lines.append(
             f"| {run['service']} | {run['streams']} | {run['failed_streams']} "
-            f"| {_s(lag['p50'])} / {_s(lag['p95'])} / {_s(lag['max'])} | {_s(first['p50'])} / {_s(first['p95'])} "
+            f"| {_s(lag['p50'])} / {_s(lag['p95'])} / {_s(lag['max'])} | {_s(words['p50'])} / {_s(words['p95'])} "
+            f"| {_s(first['p50'])} / {_s(first['p95'])} "
             f"| {_s(run['wer'], 3)} / {_s(run['offline_wer'], 3)} | {run['kept_up_streams']}/{run['streams']} "
             f"| {(_s(cpu['mean_percent'], 0) + ' / ' + _s(cpu['max_percent'], 0) + ' %') if cpu else '–'} "
             f"| {_s(server.get('mean_batch_size'), 1)} "
@@ -759,7 +775,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"warning: {warnings[-1]}", file=sys.stderr)
             lag = run["final_lag"]
             print(
-                f"{name} N={n}: final lag p50 {_s(lag['p50'])} p95 {_s(lag['p95'])} max {_s(lag['max'])} s, "
+                f"{name} N={n}: final lag p50 {_s(lag['p50'])} p95 {_s(lag['p95'])} max {_s(lag['max'])} s "
+                f"(per word p95 {_s(run['word_final_lag']['p95'])} s), "
                 f"WER {_s(run['wer'], 3)} (offline {_s(run['offline_wer'], 3)}), failed {run['failed_streams']}, "
                 f"kept up {run['kept_up_streams']}/{n} -> {'pass' if verdict.passed else 'FAIL'}",
                 file=sys.stderr,

@@ -220,6 +220,8 @@ class Received:
     text: str = ""
     start: float | None = None
     end: float | None = None
+    word_ends: tuple[float, ...] = ()
+    """A final's words' ``end`` times (audio seconds), in order."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,15 @@ def final_lags(messages: Sequence[Received], started: float, speed: float = 1.0)
         due = m.end / speed
         points.append(LagPoint(m.end, due, m.arrival - started - due))
     return points
+
+
+def word_lags(messages: Sequence[Received], started: float, speed: float = 1.0) -> list[float]:
+    """Per word of every final: arrival - (started + word end / speed).
+
+    How long each word waited to become final. A policy that commits only at pauses makes few,
+    long finals: their final lags (at their last word) are short while their first words waited long.
+    """
+    return [m.arrival - started - end / speed for m in finals(messages) for end in m.word_ends]
 
 
 def onset_lags(messages: Sequence[Received], started: float, speed: float = 1.0, gap: float = 0.5) -> list[float]:

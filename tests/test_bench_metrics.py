@@ -31,6 +31,7 @@ from serve.bench_metrics import (
     transcript,
     wer,
     word_errors,
+    word_lags,
     year_to_words,
 )
 
@@ -335,11 +336,29 @@ def test_urls():
     assert "encoding=f32le" in url and "sample_rate=16000" in url and "language=en" in url
 
 
+def test_word_lag_is_arrival_minus_each_words_end():
+    # One long final at a pause: short lag at its last word, long at its first.
+    long_final = Received("final", 106.0, "a b c", 0.0, 5.0, word_ends=(1.0, 3.0, 5.0))
+    messages = [partial(0.0, 1.0, 101.2), long_final, Received("final", 107.0, "d", 5.5, 6.0, word_ends=(6.0,))]
+    assert word_lags(messages, started=100.0) == pytest.approx([5.0, 3.0, 1.0, 1.0])
+    assert [p.lag for p in final_lags(messages, started=100.0)] == pytest.approx([1.0, 1.0])
+    assert word_lags(messages, started=100.0, speed=2.0) == pytest.approx([5.5, 4.5, 3.5, 4.0])
+
+
+def test_word_ends_read_from_a_finals_words_skipping_malformed_ones():
+    words = [{"word": " a", "end": 1.5}, {"word": " b"}, "c", {"word": " d", "end": True}, {"word": " e", "end": 2}]
+    assert bench._word_ends(words) == (1.5, 2.0)
+    assert bench._word_ends(None) == () and bench._word_ends({"end": 1.0}) == ()
+
+
 def test_analyze_run_pools_errors_and_lags_across_streams():
     item = bench.EvalItem("a", Path("a.wav"), "one two three four", "short", 4.0)
     other = bench.EvalItem("b", Path("b.wav"), "five", "short", 1.0)
     first = bench.StreamRecord(item, 0.0, started=10.0, end_at=15.0, close_code=1000, sent_s=4.0)
-    first.messages = [final(0.0, 2.0, 12.7, "one two"), final(2.0, 4.0, 15.0, "three for")]
+    first.messages = [
+        Received("final", 12.7, "one two", 0.0, 2.0, word_ends=(1.0, 2.0)),
+        Received("final", 15.0, "three for", 2.0, 4.0, word_ends=(3.0, 4.0)),
+    ]
     second = bench.StreamRecord(other, 0.5, started=20.0, end_at=22.0, close_code=1000, sent_s=1.0)
     second.messages = [final(0.0, 1.0, 21.5, "five")]
     record = bench.RunRecord("batched", 2, [first, second], 12.0, None, None, None)
@@ -349,6 +368,8 @@ def test_analyze_run_pools_errors_and_lags_across_streams():
     assert result["final_lag"]["count"] == 3
     assert result["final_lag"]["max"] == pytest.approx(1.0)
     assert result["final_lag"]["min"] == pytest.approx(0.5)
+    assert result["word_final_lag"]["count"] == 4  # the second stream's final lists no words
+    assert result["word_final_lag"]["max"] == pytest.approx(2.0) and result["word_final_lag"]["min"] == pytest.approx(0.7)
     assert result["failed_streams"] == 0
     assert [s["end_lag_s"] for s in result["per_stream"]] == pytest.approx([1.0, 1.0])
 
