@@ -141,6 +141,31 @@ def test_finals_only_mode_commits_everything_in_forced_windows(processor, engine
     assert "winters" in text and "warm" in text and len(text.split()) >= 100, text
 
 
+@pytest.mark.parametrize("agreement", [True, False])
+def test_without_agreement_words_become_final_only_at_pauses(vad, engine, by_id, agreement):
+    """commit_on_agreement off: partial decodes commit nothing; finals come at endpoints (and forced windows)."""
+    from serve.core.stream import StreamingOptions, StreamProcessor
+
+    processor = StreamProcessor(StreamingOptions(commit_on_agreement=agreement), vad=vad)
+    pcm = pcm16(by_id["ls-multispeaker-stream"].path)[: 16_000 * 40]
+    state, by_kind = StreamState(), {"partial": [], "final": [], "force": []}
+    for i in range(0, pcm.size, 16_000):
+        processor.push(state, pcm[i : i + 16_000])
+        while (window := processor.next_window(state)) is not None:
+            result = engine.transcribe(processor.request(state, window))
+            by_kind[window.kind.value] += processor.apply(state, window, result)
+    by_kind["final"] += processor.close(state, engine.transcribe)
+    messages = [m for kind in by_kind.values() for m in kind]
+    committed_by_partials = finals(by_kind["partial"])
+    assert any(isinstance(m, Partial) and m.text for m in by_kind["partial"])
+    if agreement:
+        assert committed_by_partials  # the same audio commits mid-utterance when agreement is on
+    else:
+        assert not committed_by_partials
+    text = " ".join(f.text for f in sorted(finals(messages), key=lambda f: f.start)).lower()
+    assert "stew for dinner" in text and "wait no longer" in text, text
+
+
 def stopping_early(engine, kind: str, keep: int = 3):  # type: ignore[no-untyped-def]
     """engine.transcribe, except that the first long ``kind`` window returns only its first ``keep`` words, as
     when the decoder emits end-of-text early (seen: a 15 s window that came back as "n' age shall" and stopped)."""

@@ -72,6 +72,11 @@ class StreamingOptions(BaseModel):
         400, ge=0, le=800,
         description="Committed text fed back to Whisper as its prompt (offline transcribe feeds up to 223 tokens).",
     )
+    commit_on_agreement: bool = Field(
+        True,
+        description="Commit the words two consecutive partial decodes agree on. Off: words become final only at an "
+        "endpoint (the speaker paused), a finalize, or a forced commit; partials carry everything else.",
+    )
     skip_partials_behind_s: float = Field(
         3.0, ge=0.5, le=600.0,
         description="When one call brings more audio than this (the stream fell behind), only final and forced "
@@ -247,7 +252,7 @@ class StreamProcessor:
             state.partial_text = ""
             self._drop_silence(state)
             return messages
-        agreed = _common_prefix(state.hypothesis, words)
+        agreed = _common_prefix(state.hypothesis, words) if self.options.commit_on_agreement else 0
         # Both decodes must have heard the whole word: it ends well before the older window's end.
         edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
         while agreed and (words[agreed - 1].end > edge or _glued(words, agreed)):
