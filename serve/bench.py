@@ -3,7 +3,7 @@
     python -m serve.bench --streams 4                      # one run of 4 streams
     python -m serve.bench --sweep 1,2,4,8 --slo 2          # capacity search
     python -m serve.bench --survey                          # 1, 3 and 15 users: lag min-max (avg)
-    python -m serve.bench --sweep 1,2,4 --compare-unbatched --unbatched-url ws://127.0.0.1:8001/v1/listen
+    python -m serve.bench --sweep 1,2,4 --compare-unbatched   # again with max_batch_size 1 (reconfigured)
 
 Each stream plays a different evaluation file (cycling when N exceeds the files, in an
 order shuffled once by ``--seed``), starts after a random offset of up to ``--stagger``
@@ -19,9 +19,12 @@ first-text lag after each speech onset; whether the stream kept up; server CPU (
 and ``GET /metrics/summary`` before and after each run where the service has it.
 
 Capacity is the largest N that passed (p95 final lag <= ``--slo`` and WER <= 1.10 x offline,
-no stream failed) with every smaller N tried passing too. ``--compare-unbatched`` repeats the
-sweep against ``--unbatched-url``: a second deployment of the same application started with
-``max_batch_size: 1`` (the service has no admin endpoint to switch it at run time).
+no stream failed) with every smaller N tried passing too. ``--compare-unbatched`` then
+reconfigures the same application to ``batching.max_batch_size: 1`` through Serve's REST API
+(``--serve-api``, the Ray dashboard: what ``serve deploy`` does; a user_config change, so the
+replicas are reconfigured live, not restarted), waits until the service reports it, repeats the
+sweep, and deploys the original config back. With ``--unbatched-url`` it uses a second
+deployment started with ``max_batch_size: 1`` instead.
 
 Writes ``bench.json``, ``bench.md`` and PNG plots under ``--out``.
 """
@@ -327,6 +330,102 @@ def http_base(ws_url: str) -> str:
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     prefix = parts.path.removesuffix("/").removesuffix("/v1/listen")
     return urllib.parse.urlunsplit((scheme, parts.netloc, prefix, "", ""))
+
+
+# -- the unbatched comparison: reconfigure the running application -----------------------------
+
+
+def serve_api_base(ws_url: str) -> str:
+    """The Ray dashboard (Serve's REST API) on the service's host: http://host:8265."""
+    host = urllib.parse.urlsplit(ws_url).hostname or "127.0.0.1"
+    return f"http://{host}:8265"
+
+
+def batching_configs(details: dict[str, Any], ws_url: str, max_batch_size: int = 1) -> tuple[str, dict, dict]:
+    """From ``GET /api/serve/applications/``: the app serving ``ws_url``, the deploy body that
+    restores today's config and the one whose Whisper ``user_config`` sets ``max_batch_size``.
+
+    The app is the one whose route prefix is the longest prefix of the URL's path. Every
+    application deployed from a config is kept in both bodies (a deploy replaces them all).
+    """
+    path = urllib.parse.urlsplit(ws_url).path.removesuffix("/v1/listen") or "/"
+    apps = details.get("applications") or {}
+    declared = {name: app for name, app in apps.items() if app.get("deployed_app_config")}
+    if not declared:
+        raise ValueError("no application deployed from a config (serve run/deploy serve.yaml) to reconfigure")
+
+    def matches(app: dict[str, Any]) -> bool:
+        prefix = (app.get("route_prefix") or "/").rstrip("/")
+        return path == prefix or path.startswith(prefix + "/") or not prefix
+
+    serving = [name for name, app in declared.items() if matches(app)]
+    if not serving:
+        raise ValueError(f"no deployed application serves {path!r}")
+    target = max(serving, key=lambda name: len(declared[name].get("route_prefix") or "/"))
+    original = {"applications": [declared[name]["deployed_app_config"] for name in declared]}
+    for key in ("proxy_location", "http_options"):
+        if details.get(key) is not None:
+            original[key] = details[key]
+    changed = json.loads(json.dumps(original))
+    for app in changed["applications"]:
+        if app.get("name") == target:
+            # In the Whisper deployment's user_config, not in args: args are part of the app's code version, so
+            # changing them restarts every replica; a user_config change is applied by reconfigure() in place.
+            batching = {**((app.get("args") or {}).get("batching") or {}), "max_batch_size": max_batch_size}
+            deployments = app.setdefault("deployments", [])
+            whisper = next((d for d in deployments if d.get("name") == "Whisper"), None)
+            if whisper is None:
+                deployments.append(whisper := {"name": "Whisper"})
+            whisper["user_config"] = batching
+    return target, original, changed
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """Ray's own token for its dashboard, where token authentication is on: $RAY_AUTH_TOKEN, else the file at
+    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (what `serve deploy` sends). None found: no header."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def serve_api(url: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """GET (or, with ``body``, PUT) Serve's REST API; the GET's JSON object, None if it cannot be read."""
+
+    def call() -> dict[str, Any] | None:
+        headers = {"Content-Type": "application/json", **ray_auth_headers()}
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method="PUT" if body is not None else "GET", headers=headers)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=30) as response:
+                raw = response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            if body is not None:
+                raise SystemExit(f"PUT {url} failed: {exc}") from exc
+            print(f"warning: GET {url}: {exc}", file=sys.stderr)
+            return None
+        if body is not None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    return await asyncio.to_thread(call)
+
+
+async def wait_for_batch_size(http_url: str, size: int, timeout_s: float = 180.0) -> None:
+    """Until ``/metrics/summary`` reports ``max_batch_size == size`` (every replica reconfigured)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        summary = await fetch_json(http_url, "/metrics/summary")
+        if summary is not None and _flat(summary).get("max_batch_size") == size:
+            return
+        await asyncio.sleep(1.0)
+    raise SystemExit(f"the service at {http_url} did not report max_batch_size {size} within {timeout_s:g} s")
 
 
 class CpuSampler:
@@ -692,8 +791,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--server-pid", type=int, help="PID of the service (e.g. of `serve run`): CPU%% of its process tree"
     )
-    parser.add_argument("--compare-unbatched", action="store_true", help="repeat the sweep against --unbatched-url")
-    parser.add_argument("--unbatched-url", help="WebSocket URL of the same service deployed with max_batch_size: 1")
+    parser.add_argument(
+        "--compare-unbatched", action="store_true",
+        help="repeat the sweep with max_batch_size 1: the app is reconfigured through --serve-api, then restored",
+    )
+    parser.add_argument("--serve-api", help="Serve REST API (Ray dashboard) base, default http://<url host>:8265")
+    parser.add_argument(
+        "--unbatched-url", help="instead of reconfiguring: WebSocket URL of a second deployment with max_batch_size: 1"
+    )
     parser.add_argument("--unbatched-server-pid", type=int, help="PID of that second service")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER (then WER is not judged)")
     parser.add_argument("--no-plots", action="store_true")
@@ -701,8 +806,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=Path("bench_results"), help="output folder (default bench_results/)"
     )
     args = parser.parse_args(argv)
-    if args.compare_unbatched and not args.unbatched_url:
-        parser.error("--compare-unbatched needs --unbatched-url (a deployment started with max_batch_size: 1)")
     if args.speed <= 0 or args.chunk <= 0:
         parser.error("--speed and --chunk must be positive")
     try:
@@ -740,8 +843,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     audio = {item.path: read_pcm16(item.path) for item in used}
 
     services = [("batched", args.url, args.http_url or http_base(args.url), args.server_pid)]
-    if args.compare_unbatched:
+    reconfigure: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+    if args.compare_unbatched and args.unbatched_url:
         services.append(("unbatched", args.unbatched_url, http_base(args.unbatched_url), args.unbatched_server_pid))
+    elif args.compare_unbatched:
+        api = (args.serve_api or serve_api_base(args.url)).rstrip("/") + "/api/serve/applications/"
+        details = await serve_api(api)
+        if details is None:
+            raise SystemExit(f"--compare-unbatched: no Serve REST API at {api} (start Ray with its dashboard, or "
+                             "pass --serve-api, or --unbatched-url for a second deployment)")
+        reconfigure = (api, *batching_configs(details, args.url)[1:])
+        services.append(("unbatched", args.url, services[0][2], args.server_pid))
     for name, url, http_url, _ in services:
         if await fetch_json(http_url, "/healthz") is None:
             print(
@@ -761,7 +873,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     runs: list[dict[str, Any]] = []
     warnings: list[str] = []
-    for name, url, http_url, pid in services:
+    async def sweep(name: str, url: str, http_url: str, pid: int | None) -> None:
         for index, n in enumerate(args.stream_counts):
             if index or runs:
                 await asyncio.sleep(args.cooldown)
@@ -783,6 +895,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
 
+    for name, url, http_url, pid in services:
+        if name != "unbatched" or reconfigure is None:
+            await sweep(name, url, http_url, pid)
+            continue
+        original_batch = _flat(await fetch_json(http_url, "/metrics/summary") or {}).get("max_batch_size")
+        print("reconfiguring the application to max_batch_size 1…", file=sys.stderr, flush=True)
+        await serve_api(reconfigure[0], reconfigure[2])
+        try:
+            await wait_for_batch_size(http_url, 1)
+            await sweep(name, url, http_url, pid)
+        finally:
+            print("deploying the original config back…", file=sys.stderr, flush=True)
+            await serve_api(reconfigure[0], reconfigure[1])
+            if isinstance(original_batch, int):
+                await wait_for_batch_size(http_url, original_batch)
+
     capacities = {
         name: bm.capacity(
             [load_point(r) for r in runs if r["service"] == name], args.slo, args.wer_ratio, args.wer_slack
@@ -793,6 +921,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "config": {
             "url": args.url,
             "unbatched_url": args.unbatched_url if args.compare_unbatched else None,
+            "unbatched_by": (
+                None if not args.compare_unbatched else "second deployment" if args.unbatched_url else "reconfigure"
+            ),
             "manifest": str(manifest),
             "subsets": subsets,
             "stream_counts": args.stream_counts,

@@ -403,4 +403,53 @@ def test_command_line_help_and_sweep_parsing(capsys):
     assert bench.parse_args(["--sweep", "1,2,4"]).stream_counts == [1, 2, 4]
     assert bench.parse_args(["--survey"]).stream_counts == [1, 3, 15]
     with pytest.raises(SystemExit):
-        bench.parse_args(["--compare-unbatched"])  # needs --unbatched-url
+        bench.parse_args(["--sweep", "1,x"])
+
+
+# -- the unbatched comparison by reconfiguring ------------------------------------------------------
+
+
+def details(*apps):
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": {
+            name: {
+                "route_prefix": prefix,
+                "deployed_app_config": {"name": name, "route_prefix": prefix, "import_path": "serve.app:build_app",
+                                        "args": {"batching": {"max_batch_size": 16}, "engine": {"beam_size": 1}}}
+                if declared else None,
+            }
+            for name, prefix, declared in apps
+        },
+    }
+
+
+def test_reconfigure_changes_only_the_batch_size_of_the_app_serving_the_url():
+    got = details(("asr", "/", True), ("other", "/other", True), ("by-python", "/py", False))
+    target, original, changed = bench.batching_configs(got, "ws://127.0.0.1:8000/other/v1/listen")
+    assert target == "other"
+    assert [a["name"] for a in original["applications"]] == ["asr", "other"]  # a deploy replaces every app
+    assert original["proxy_location"] == "EveryNode" and original["http_options"]["port"] == 8000
+    by_name = {a["name"]: a for a in changed["applications"]}
+    # args are the app's code version (a change restarts replicas): they stay as they are, and the batch size goes
+    # to the Whisper deployment's user_config, which Serve applies in place.
+    assert by_name["other"]["args"] == original["applications"][1]["args"]
+    assert by_name["other"]["deployments"] == [{"name": "Whisper", "user_config": {"max_batch_size": 1}}]
+    assert "deployments" not in by_name["asr"]
+    # The restoring body is untouched by the change.
+    assert "deployments" not in original["applications"][1]
+    assert bench.batching_configs(got, "ws://127.0.0.1:8000/v1/listen")[0] == "asr"
+
+
+def test_reconfigure_needs_an_app_deployed_from_a_config():
+    with pytest.raises(ValueError, match="from a config"):
+        bench.batching_configs(details(("by-python", "/", False)), "ws://127.0.0.1:8000/v1/listen")
+    with pytest.raises(ValueError, match="serves"):
+        bench.batching_configs(details(("asr", "/asr", True)), "ws://127.0.0.1:8000/v1/listen")
+
+
+def test_compare_unbatched_no_longer_needs_a_second_url():
+    args = bench.parse_args(["--sweep", "1,2", "--compare-unbatched"])
+    assert args.compare_unbatched and args.unbatched_url is None
+    assert bench.serve_api_base("ws://10.0.0.5:8000/v1/listen") == "http://10.0.0.5:8265"
