@@ -442,6 +442,18 @@ def test_reconfigure_changes_only_the_batch_size_of_the_app_serving_the_url():
     assert bench.batching_configs(got, "ws://127.0.0.1:8000/v1/listen")[0] == "asr"
 
 
+def test_reconfigure_keeps_the_whisper_deployments_other_settings():
+    got = details(("asr", "/", True))
+    config = got["applications"]["asr"]["deployed_app_config"]
+    config["deployments"] = [{"name": "Ingress"}, {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}}]
+    _, original, changed = bench.batching_configs(got, "ws://127.0.0.1:8000/v1/listen")
+    assert changed["applications"][0]["deployments"] == [
+        {"name": "Ingress"},
+        {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}, "user_config": {"max_batch_size": 1}},
+    ]
+    assert original["applications"][0]["deployments"][1] == {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}}
+
+
 def test_reconfigure_needs_an_app_deployed_from_a_config():
     with pytest.raises(ValueError, match="from a config"):
         bench.batching_configs(details(("by-python", "/", False)), "ws://127.0.0.1:8000/v1/listen")
