@@ -852,7 +852,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if details is None:
             raise SystemExit(f"--compare-unbatched: no Serve REST API at {api} (start Ray with its dashboard, or "
                              "pass --serve-api, or --unbatched-url for a second deployment)")
-        reconfigure = (api, *batching_configs(details, args.url)[1:])
+        try:
+            reconfigure = (api, *batching_configs(details, args.url)[1:])
+        except ValueError as exc:
+            raise SystemExit(f"--compare-unbatched: {exc}") from exc
         services.append(("unbatched", args.url, services[0][2], args.server_pid))
     for name, url, http_url, _ in services:
         if await fetch_json(http_url, "/healthz") is None:
