@@ -232,11 +232,10 @@ class BatchedWhisper:
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(self._input_frames(item), []).append(i)
-        results: list[DecodeResult | None] = [None] * len(items)
+        results: dict[int, DecodeResult] = {}
         for members in groups.values():
-            for i, result in zip(members, self._decode_shape([items[i] for i in members])):
-                results[i] = result
-        return [r for r in results if r is not None], len(groups)
+            results.update(zip(members, self._decode_shape([items[i] for i in members])))
+        return [results[i] for i in range(len(items))], len(groups)
 
     def _decode_shape(self, items: list[_Prepared]) -> list[DecodeResult]:
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
