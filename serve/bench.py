@@ -307,15 +307,16 @@ async def run_load(
     return RunRecord(service, n, records, wall, before, after, sampler.summary() if sampler else None)
 
 
-async def fetch_json(http_url: str | None, path: str) -> dict[str, Any] | None:
+async def fetch_json(http_url: str | None, path: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
     """GET a JSON object; None when there is no such endpoint (404) or it cannot be read."""
     if not http_url:
         return None
 
     def get() -> dict[str, Any] | None:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(http_url.rstrip("/") + path, headers=headers or {})
         try:
-            with opener.open(http_url.rstrip("/") + path, timeout=5) as response:
+            with opener.open(request, timeout=5) as response:
                 data = json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
             return None
@@ -390,31 +391,19 @@ def ray_auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-async def serve_api(url: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """GET (or, with ``body``, PUT) Serve's REST API; the GET's JSON object, None if it cannot be read."""
+async def put_config(url: str, body: dict[str, Any]) -> None:
+    """PUT a deploy config to Serve's REST API, as `serve deploy` does."""
 
-    def call() -> dict[str, Any] | None:
+    def put() -> None:
         headers = {"Content-Type": "application/json", **ray_auth_headers()}
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method="PUT" if body is not None else "GET", headers=headers)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT", headers=headers)
         try:
-            with opener.open(request, timeout=30) as response:
-                raw = response.read()
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30) as response:
+                response.read()
         except (urllib.error.URLError, OSError) as exc:
-            if body is not None:
-                raise SystemExit(f"PUT {url} failed: {exc}") from exc
-            print(f"warning: GET {url}: {exc}", file=sys.stderr)
-            return None
-        if body is not None:
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+            raise SystemExit(f"PUT {url} failed: {exc}") from exc
 
-    return await asyncio.to_thread(call)
+    await asyncio.to_thread(put)
 
 
 async def wait_for_batch_size(http_url: str, size: int, timeout_s: float = 180.0) -> None:
@@ -847,11 +836,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare_unbatched and args.unbatched_url:
         services.append(("unbatched", args.unbatched_url, http_base(args.unbatched_url), args.unbatched_server_pid))
     elif args.compare_unbatched:
-        api = (args.serve_api or serve_api_base(args.url)).rstrip("/") + "/api/serve/applications/"
-        details = await serve_api(api)
+        base = (args.serve_api or serve_api_base(args.url)).rstrip("/")
+        api = base + "/api/serve/applications/"
+        details = await fetch_json(base, "/api/serve/applications/", ray_auth_headers())
         if details is None:
-            raise SystemExit(f"--compare-unbatched: no Serve REST API at {api} (start Ray with its dashboard, or "
-                             "pass --serve-api, or --unbatched-url for a second deployment)")
+            raise SystemExit(f"--compare-unbatched: no Serve REST API at {api}, or it refused Ray's token (start Ray "
+                             "with its dashboard, or pass --serve-api, or --unbatched-url for a second deployment)")
         try:
             reconfigure = (api, *batching_configs(details, args.url)[1:])
         except ValueError as exc:
@@ -904,13 +894,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             continue
         original_batch = _flat(await fetch_json(http_url, "/metrics/summary") or {}).get("max_batch_size")
         print("reconfiguring the application to max_batch_size 1…", file=sys.stderr, flush=True)
-        await serve_api(reconfigure[0], reconfigure[2])
+        await put_config(reconfigure[0], reconfigure[2])
         try:
             await wait_for_batch_size(http_url, 1)
             await sweep(name, url, http_url, pid)
         finally:
             print("deploying the original config back…", file=sys.stderr, flush=True)
-            await serve_api(reconfigure[0], reconfigure[1])
+            await put_config(reconfigure[0], reconfigure[1])
             if isinstance(original_batch, int):
                 await wait_for_batch_size(http_url, original_batch)
 
