@@ -51,7 +51,7 @@ class BufferManager:
         if finalize:
             self.processor.finalize(state)
         partials = not self.processor.behind(pcm)
-        messages: list[Partial | Final] = []
+        messages: list[Partial | Final] = self.processor.settle(state)
         while (window := self.processor.next_window(state, partials=partials)) is not None:
             result = await self.decode(self.processor.request(state, window), optional=window.kind is WindowKind.PARTIAL)
             if result is None:  # Whisper is behind and shed this partial decode: finals only for now

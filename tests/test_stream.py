@@ -148,9 +148,10 @@ def test_without_agreement_words_become_final_only_at_pauses(vad, engine, by_id,
 
     processor = StreamProcessor(StreamingOptions(commit_on_agreement=agreement), vad=vad)
     pcm = pcm16(by_id["ls-multispeaker-stream"].path)[: 16_000 * 40]
-    state, by_kind = StreamState(), {"partial": [], "final": [], "force": []}
+    state, by_kind = StreamState(), {"partial": [], "final": [], "force": [], "pause": []}
     for i in range(0, pcm.size, 16_000):
         processor.push(state, pcm[i : i + 16_000])
+        by_kind["final"] += processor.settle(state)
         while (window := processor.next_window(state)) is not None:
             result = engine.transcribe(processor.request(state, window))
             by_kind[window.kind.value] += processor.apply(state, window, result)
@@ -164,6 +165,60 @@ def test_without_agreement_words_become_final_only_at_pauses(vad, engine, by_id,
         assert not committed_by_partials
     text = " ".join(f.text for f in sorted(finals(messages), key=lambda f: f.start)).lower()
     assert "stew for dinner" in text and "wait no longer" in text, text
+
+
+def at_pauses(vad, **options):  # type: ignore[no-untyped-def]
+    from serve.core.stream import StreamingOptions, StreamProcessor
+    from serve.core.vad import VadOptions
+
+    return StreamProcessor(StreamingOptions(commit_on_agreement=False, vad=VadOptions(min_silence_ms=700), **options), vad=vad)
+
+
+def run_by_source(processor, engine, pcm):  # type: ignore[no-untyped-def]
+    """Stream ``pcm`` in 1 s chunks; the messages in order, and by what made them: a window kind, or ``settle``."""
+    state, by_source, messages = StreamState(language="en"), {"settle": []}, []
+    for i in range(0, pcm.size + 1, 16_000):
+        processor.push(state, pcm[i : i + 16_000])
+        if i + 16_000 > pcm.size:
+            processor.finalize(state)
+        settled = processor.settle(state)
+        by_source["settle"] += settled
+        messages += settled
+        while (window := processor.next_window(state)) is not None:
+            applied = processor.apply(state, window, engine.transcribe(processor.request(state, window)))
+            by_source.setdefault(window.kind.value, []).extend(applied)
+            messages += applied
+    return state, by_source, messages
+
+
+def test_at_pauses_a_final_is_the_decode_made_when_the_pause_began(vad, engine, by_id):
+    """Finals at pauses: the utterance is decoded once speech_pad_ms of silence is heard; when the pause
+    becomes an endpoint that decode is the final (``settle``), with no decode after the endpoint."""
+    pcm = pcm16(by_id["ls-multispeaker-stream"].path)[: 16_000 * 40]
+    state, by_source, messages = run_by_source(at_pauses(vad, pause_commit_s=29.0), engine, pcm)
+    check_rules(messages, pcm.size / 16_000)
+    assert len(finals(by_source["settle"])) >= 2, {k: len(finals(v)) for k, v in by_source.items()}
+    assert not finals(by_source.get("partial", [])) and not finals(by_source.get("pause", []))
+    text = " ".join(f.text for f in finals(messages)).lower()
+    assert "stew for dinner" in text and "wait no longer" in text, text
+    assert state.closed == [] and state.hypothesis == []
+
+
+def test_at_pauses_long_speech_is_committed_at_its_short_pauses(vad, engine, by_id):
+    """Speech whose pauses are shorter than min_silence_ms: once pause_commit_s of it waits, a pause of
+    speech_pad_ms commits what came before it, instead of holding it until the max_buffer_s bound forces it."""
+    item = by_id["harvard-realpython"]  # six sentences, 18 s, no pause long enough for an endpoint
+    pcm = pcm16(item.path)
+    long_wait = run_by_source(at_pauses(vad, pause_commit_s=29.0), engine, pcm)[1]
+    _, by_source, messages = run_by_source(at_pauses(vad), engine, pcm)  # pause_commit_s 8
+    check_rules(messages, pcm.size / 16_000)
+    assert finals(long_wait.get("force", [])), "nothing forced without pause commits: the clip tests nothing"
+    assert len(finals(by_source.get("pause", []))) >= 2, {k: len(finals(v)) for k, v in by_source.items()}
+    assert len(finals(by_source.get("force", []))) < len(finals(long_wait["force"]))
+    heard, expected = words(messages), [comparable(w) for w in item.text.split()]
+    # Every sentence once, in order: none doubled by a decode of the silence after its commit.
+    assert heard.count("bun") == 1 and heard.count("health") == 1, heard
+    assert len(heard) >= len(expected) - 3 and heard[-3:] == expected[-3:], heard
 
 
 def stopping_early(engine, kind: str, keep: int = 3):  # type: ignore[no-untyped-def]

@@ -1,8 +1,9 @@
 """The stable-prefix streaming policy over VAD-gated audio windows.
 
 One stream's life is a pure state machine: ``push`` audio (scored by the VAD as it
-arrives), ask ``next_window`` what to decode, decode it anywhere (in a batch with
-other streams), hand the result to ``apply`` and get ``partial``/``final`` messages.
+arrives), take the finals ``settle`` can give without a decode, ask ``next_window`` what
+to decode, decode it anywhere (in a batch with other streams), hand the result to
+``apply`` and get ``partial``/``final`` messages.
 All of it lives in ``StreamState``, so the caller may keep nothing between calls.
 
 Commit rules (LocalAgreement-2, as in ufal/whisper_streaming):
@@ -14,6 +15,13 @@ Commit rules (LocalAgreement-2, as in ufal/whisper_streaming):
 - after a commit, up to ``context_s`` of committed audio stays at the window's start and
   its words are forced as the decoder's prefix, so the next words are heard in context
   and only new words come back.
+With ``commit_on_agreement`` off (finals at pauses, as cloud APIs make them) decodes do
+not commit by agreement. Instead, once the VAD hears ``speech_pad_ms`` of silence the
+utterance is decoded up to that pause at once (a ``pause`` window). If the pause becomes an
+endpoint, that decode, which heard the whole utterance, is its final (``settle``), so the
+final waits for the endpoint alone, not for a decode after it. Once ``pause_commit_s`` of
+speech waits uncommitted, such a pause commits everything before it, and a forced window
+reaches the audio just received.
 Finals are never revised, never overlap and their timestamps only increase.
 """
 
@@ -74,8 +82,15 @@ class StreamingOptions(BaseModel):
     )
     commit_on_agreement: bool = Field(
         True,
-        description="Commit the words two consecutive partial decodes agree on. Off: words become final only at an "
-        "endpoint (the speaker paused), a finalize, or a forced commit; partials carry everything else.",
+        description="Commit the words two consecutive partial decodes agree on. Off: words become final only at a "
+        "pause (an endpoint, or a shorter pause once pause_commit_s of speech waits), a finalize, or a forced "
+        "commit; partials carry everything else.",
+    )
+    pause_commit_s: float = Field(
+        8.0, ge=1.0, le=29.0,
+        description="With commit_on_agreement off: once the uncommitted part of an utterance is this long, a pause "
+        "of speech_pad_ms commits all of it, without waiting for min_silence_ms, so run-on speech gets finals at its "
+        "short pauses instead of at the max_buffer_s bound.",
     )
     skip_partials_behind_s: float = Field(
         3.0, ge=0.5, le=600.0,
@@ -91,6 +106,9 @@ class WindowKind(str, Enum):
     """The speaker paused (or finalize): commit every word of the window."""
     FORCE = "force"
     """The window reached its bound: commit all but the last ``force_margin_s``."""
+    PAUSE = "pause"
+    """The speaker may have paused: decode the utterance now (as a partial), so that if the pause becomes an
+    endpoint its final is this decode. Not optional: it stands in for the final's decode."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,10 @@ class StreamState:
     prompt: str = ""
     last_final_end: float = 0.0
     decoded_until: int = 0
+    heard_until: int = 0
+    """End sample of the window whose decode gave ``hypothesis``."""
+    pause_decoded: int = 0
+    """End sample of the last ``pause`` window decoded."""
     partial_text: str = ""
 
     @property
@@ -170,7 +192,10 @@ class StreamProcessor:
         open_segment = state.vad.open_segment
         if open_segment is not None:
             state.vad.open_segment = None
-            state.closed.append(SpeechSegment(open_segment.start, state.received))
+            # A speaker still talking may be mid-word (the VAD lags): the utterance runs to the end of the audio.
+            # One the VAD has heard pause since their last voiced frame ended there.
+            paused = state.vad.pause_at > state.vad.last_voiced >= open_segment.start
+            state.closed.append(SpeechSegment(open_segment.start, state.vad.last_voiced if paused else state.received))
         elif state.hypothesis:  # tentative words of a burst the VAD dropped as too short
             state.closed.append(SpeechSegment(state.audio_start, state.received))
 
@@ -203,11 +228,55 @@ class StreamProcessor:
         if open_segment is None:
             return None
         if state.received - state.audio_start > bound:
-            return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
+            # Committing at pauses, the window reaches the audio just received (a chunk past the bound at most):
+            # its words are final a chunk sooner.
+            end = state.audio_start + bound if opts.commit_on_agreement else min(state.received, state.audio_start + bound + SAMPLE_RATE)
+            return Window(WindowKind.FORCE, state.audio_start, end)
+        if not opts.commit_on_agreement and (pause := self._pause_due(state, open_segment)) is not None:
+            return Window(WindowKind.PAUSE, state.audio_start, pause)
         fresh = state.received - max(state.decoded_until, open_segment.start)
         if partials and fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
         return None
+
+    def _pause_due(self, state: StreamState, utterance: SpeechSegment) -> int | None:
+        """Where a ``pause`` window should end, if one is due: at the VAD's latest pause inside this utterance when
+        the speaker is still silent and no decode heard it yet (its final may need no other decode), or when the
+        uncommitted speech before it is ``pause_commit_s`` long (it is committed there)."""
+        pause = state.vad.pause_at
+        if pause <= max(state.audio_start, state.pause_decoded, utterance.start):
+            return None
+        silent_since = pause > state.vad.last_voiced
+        if silent_since and state.heard_until < pause:
+            return pause
+        return pause if self._uncommitted_s(state, pause) >= self.options.pause_commit_s else None
+
+    def _uncommitted_s(self, state: StreamState, end: int) -> float:
+        """Seconds of the window up to ``end`` that are not committed yet."""
+        return end / SAMPLE_RATE - max(state.last_final_end, state.audio_start / SAMPLE_RATE)
+
+    def settle(self, state: StreamState) -> list[Message]:
+        """Finals for closed utterances that the last decode already heard whole (a ``pause`` window): no decode.
+
+        Call it after ``push``/``finalize`` and before asking ``next_window``. An utterance is settled only when
+        that decode's window reached the end the final's window would have, heard no speech after it, and did
+        not stop early; otherwise the final is decoded as usual.
+        """
+        if self.options.commit_on_agreement or not state.closed or state.heard_until <= state.audio_start:
+            return []
+        utterance = state.closed[0]
+        end = min(utterance.end + self.options.vad.pad_samples, state.received)  # type: ignore[operator]
+        following = state.closed[1] if len(state.closed) > 1 else state.vad.open_segment
+        if (
+            state.heard_until < end
+            or (following is not None and following.start < state.heard_until)
+            or end - state.audio_start > self.options.max_buffer_s * SAMPLE_RATE
+            or self._stopped_early(state, state.hypothesis or state.committed)
+        ):
+            return []
+        messages: list[Message] = []
+        self._close_utterance(state, Window(WindowKind.FINAL, state.audio_start, end), state.hypothesis, messages)
+        return messages
 
     def request(self, state: StreamState, window: Window) -> DecodeRequest:
         return DecodeRequest(
@@ -229,7 +298,7 @@ class StreamProcessor:
         if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
             if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
                 words = words[1:]
-        if not words and window.kind is not WindowKind.PARTIAL and self._prefix_stopped(state, window):
+        if not words and window.kind in (WindowKind.FINAL, WindowKind.FORCE) and self._prefix_stopped(state, window):
             # Nothing after the forced prefix although speech follows it: the prefix, not the audio, ended
             # the decode (a committed "2" continued as "2." and then end-of-text). Drop the context and
             # let the same audio be decoded again without it, instead of trimming it away unheard.
@@ -237,26 +306,16 @@ class StreamProcessor:
             return []
         messages: list[Message] = []
         if window.kind is WindowKind.FINAL:
-            stopped_early = bool(words) and self._stopped_early(state, words)
-            self._commit(state, words, messages)
-            if stopped_early:
-                # The decoder ended (end-of-text) well before the utterance did: the utterance stays open and the
-                # rest of it is decoded again, after these words, rather than trimmed away unheard.
-                end = round(state.last_final_end * SAMPLE_RATE)
-            else:
-                state.closed.pop(0)
-                following = state.closed[0] if state.closed else state.vad.open_segment
-                end = window.end if following is None else min(window.end, following.start - self.options.vad.pad_samples)
-            self._trim(state, self._context_cut(state, end))
-            state.hypothesis = []
-            state.partial_text = ""
-            self._drop_silence(state)
+            self._close_utterance(state, window, words, messages)
             return messages
         agreed = _common_prefix(state.hypothesis, words) if self.options.commit_on_agreement else 0
         # Both decodes must have heard the whole word: it ends well before the older window's end.
         edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
         while agreed and (words[agreed - 1].end > edge or _glued(words, agreed)):
             agreed -= 1
+        paused = window.kind is WindowKind.PAUSE and self._pause_ends_long_utterance(state, window, words)
+        if paused:
+            agreed = len(words)
         if window.kind is WindowKind.FORCE:
             limit = window.end / SAMPLE_RATE - self.options.force_margin_s
             while agreed < len(words) and words[agreed].end <= limit:
@@ -265,7 +324,12 @@ class StreamProcessor:
                 agreed -= 1
         self._commit(state, words[:agreed], messages)
         state.hypothesis = words[agreed:]
+        state.heard_until = window.end
         state.decoded_until = max(state.decoded_until, window.end)
+        if window.kind is WindowKind.PAUSE:
+            state.pause_decoded = window.end
+        if paused:  # as for a forced commit: never trim past the last committed word
+            self._trim(state, self._context_cut(state, round(state.last_final_end * SAMPLE_RATE)))
         if window.kind is WindowKind.FORCE:
             # Trim at the last committed word, never past it: words the decoder left tentative, or audio it stopped
             # before, are decoded again next time.
@@ -281,10 +345,36 @@ class StreamProcessor:
                 messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
         return messages
 
-    def _stopped_early(self, state: StreamState, words: list[Word]) -> bool:
-        """Whether the utterance being finalized has ``UNHEARD_RETRY_S`` of voiced audio after the decode's last word."""
-        voiced_end = state.closed[0].end / SAMPLE_RATE  # type: ignore[operator]
-        return voiced_end - words[-1].end >= UNHEARD_RETRY_S
+    def _close_utterance(self, state: StreamState, window: Window, words: list[Word], messages: list[Message]) -> None:
+        """Commit every word of the utterance ``window`` (a final) and trim past it."""
+        stopped_early = bool(words) and self._stopped_early(state, words)
+        self._commit(state, words, messages)
+        if stopped_early:
+            # The decoder ended (end-of-text) well before the utterance did: the utterance stays open and the
+            # rest of it is decoded again, after these words, rather than trimmed away unheard.
+            end = round(state.last_final_end * SAMPLE_RATE)
+        else:
+            state.closed.pop(0)
+            following = state.closed[0] if state.closed else state.vad.open_segment
+            end = window.end if following is None else min(window.end, following.start - self.options.vad.pad_samples)
+        self._trim(state, self._context_cut(state, end))
+        state.hypothesis = []
+        state.partial_text = ""
+        self._drop_silence(state)
+
+    def _stopped_early(self, state: StreamState, words: list[Word], voiced_end: int | None = None) -> bool:
+        """Whether the utterance (being finalized, or up to ``voiced_end``) has ``UNHEARD_RETRY_S`` of voiced audio
+        after the last of ``words`` (no words: all of it is unheard)."""
+        voiced = (state.closed[0].end if voiced_end is None else voiced_end) / SAMPLE_RATE  # type: ignore[operator]
+        return not words or voiced - words[-1].end >= UNHEARD_RETRY_S
+
+    def _pause_ends_long_utterance(self, state: StreamState, window: Window, words: list[Word]) -> bool:
+        """Whether a pause decode commits all it heard: the uncommitted speech before the pause is ``pause_commit_s``
+        long and the decode heard it to the pause (did not stop early)."""
+        voiced_end = window.end - self.options.vad.pad_samples
+        return self._uncommitted_s(state, window.end) >= self.options.pause_commit_s and not self._stopped_early(
+            state, words, voiced_end=voiced_end
+        )
 
     def _prefix_stopped(self, state: StreamState, window: Window) -> bool:
         """Whether the window holds at least ``PREFIX_RETRY_S`` of audio after its committed (prefix) words."""
@@ -332,7 +422,7 @@ class StreamProcessor:
         return self.drain(state, decode)
 
     def drain(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
-        messages: list[Message] = []
+        messages = self.settle(state)
         while (window := self.next_window(state)) is not None:
             messages.extend(self.apply(state, window, decode(self.request(state, window))))
         return messages

@@ -83,6 +83,9 @@ class VadState:
     open_segment: SpeechSegment | None = None
     last_voiced: int = 0
     """End sample of the last frame at or above the threshold."""
+    pause_at: int = 0
+    """The latest pause inside speech: its last voiced sample + ``speech_pad_ms``, set once the silence after that
+    sample is ``speech_pad_ms`` long (so audio up to it holds no speech after the pause began)."""
 
     @property
     def scored_until(self) -> int:
@@ -130,6 +133,8 @@ def segment(state: VadState, probs: np.ndarray, options: VadOptions) -> list[Spe
             if state.open_segment is None:
                 state.open_segment = SpeechSegment(start)
         elif state.open_segment is not None and p < options.silence_threshold:
+            if end - state.last_voiced >= max(options.pad_samples, FRAME):
+                state.pause_at = state.last_voiced + options.pad_samples
             if end - state.last_voiced >= options.min_silence_samples:
                 seg = state.open_segment
                 seg.end = state.last_voiced
