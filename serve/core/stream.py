@@ -107,8 +107,9 @@ class WindowKind(str, Enum):
     FORCE = "force"
     """The window reached its bound: commit all but the last ``force_margin_s``."""
     PAUSE = "pause"
-    """The speaker may have paused: decode the utterance now (as a partial), so that if the pause becomes an
-    endpoint its final is this decode. Not optional: it stands in for the final's decode."""
+    """With commit_on_agreement off, the VAD heard a pause: decode the utterance up to it, so that if the pause
+    becomes an endpoint its final is this decode; once ``pause_commit_s`` of speech waits, it commits all it
+    heard. Not optional: it stands in for the final's decode."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class StreamProcessor:
         if open_segment is not None:
             state.vad.open_segment = None
             # A speaker still talking may be mid-word (the VAD lags): the utterance runs to the end of the audio.
-            # One the VAD has heard pause since their last voiced frame ended there.
+            # If the VAD has heard a pause since the last voiced frame, the utterance ended at that frame.
             paused = state.vad.pause_at > state.vad.last_voiced >= open_segment.start
             state.closed.append(SpeechSegment(open_segment.start, state.vad.last_voiced if paused else state.received))
         elif state.hypothesis:  # tentative words of a burst the VAD dropped as too short
