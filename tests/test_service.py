@@ -189,3 +189,23 @@ def test_max_batch_size_changes_live_without_dropping_a_stream(service, by_id):
         assert service.summary()["whisper"]["max_batch_size"] == 3
     finally:
         service.redeploy(original)
+
+
+def test_finals_at_pauses_through_the_service(service, long_run, offline):
+    """commit_on_agreement off, deployed: the BufferManager settles finals from pause decodes (the stream state
+    carries them between calls); the long file comes back whole, in fewer, longer finals than with agreement."""
+    item, audio = long_run.item, long_run.audio
+    original = service.args
+    changed = copy.deepcopy(original)
+    changed["streaming"]["commit_on_agreement"] = False
+    changed["streaming"]["vad"]["min_silence_ms"] = 700
+    try:
+        service.redeploy(changed)
+        result = asyncio.run(stream_file(audio, service.ws, speed=long_run.speed))
+    finally:
+        service.redeploy(original)
+    assert result.of_type("end") and result.close_code == 1000 and not result.of_type("error")
+    check_finals(result.finals, audio.size / 16_000)
+    agreement = len(long_run.result.finals)
+    assert len(result.finals) < agreement / 2, (len(result.finals), agreement)
+    check_errors(item.text, result.text, offline.transcribe(item.path), "at pauses, streamed vs offline")
