@@ -218,13 +218,9 @@ class StreamProcessor:
     def next_window(self, state: StreamState, partials: bool = True) -> Window | None:
         """The next window due for decoding; with ``partials=False`` only final and forced ones."""
         opts = self.options
-        pad = opts.vad.pad_samples
         bound = int(opts.max_buffer_s * SAMPLE_RATE)
         if state.closed:
-            end = min(state.closed[0].end + pad, state.received)  # type: ignore[operator]
-            if end - state.audio_start > bound:
-                return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
-            return Window(WindowKind.FINAL, state.audio_start, end)
+            return self._closed_window(state)
         open_segment = state.vad.open_segment
         if open_segment is None:
             return None
@@ -239,6 +235,14 @@ class StreamProcessor:
         if partials and fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
         return None
+
+    def _closed_window(self, state: StreamState) -> Window:
+        """The window of the oldest closed utterance: all of it (a final), or its first ``max_buffer_s`` (forced)."""
+        bound = int(self.options.max_buffer_s * SAMPLE_RATE)
+        end = min(state.closed[0].end + self.options.vad.pad_samples, state.received)  # type: ignore[operator]
+        if end - state.audio_start > bound:
+            return Window(WindowKind.FORCE, state.audio_start, state.audio_start + bound)
+        return Window(WindowKind.FINAL, state.audio_start, end)
 
     def _pause_due(self, state: StreamState, utterance: SpeechSegment) -> int | None:
         """Where a ``pause`` window should end, if one is due: at the VAD's latest pause inside this utterance when
@@ -265,18 +269,17 @@ class StreamProcessor:
         """
         if self.options.commit_on_agreement or not state.closed or state.heard_until <= state.audio_start:
             return []
-        utterance = state.closed[0]
-        end = min(utterance.end + self.options.vad.pad_samples, state.received)  # type: ignore[operator]
+        window = self._closed_window(state)
         following = state.closed[1] if len(state.closed) > 1 else state.vad.open_segment
         if (
-            state.heard_until < end
+            window.kind is not WindowKind.FINAL
+            or state.heard_until < window.end
             or (following is not None and following.start < state.heard_until)
-            or end - state.audio_start > self.options.max_buffer_s * SAMPLE_RATE
             or self._stopped_early(state, state.hypothesis or state.committed)
         ):
             return []
         messages: list[Message] = []
-        self._close_utterance(state, Window(WindowKind.FINAL, state.audio_start, end), state.hypothesis, messages)
+        self._close_utterance(state, window, state.hypothesis, messages)
         return messages
 
     def request(self, state: StreamState, window: Window) -> DecodeRequest:
