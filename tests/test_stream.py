@@ -148,22 +148,14 @@ def test_without_agreement_words_become_final_only_at_pauses(vad, engine, by_id,
 
     processor = StreamProcessor(StreamingOptions(commit_on_agreement=agreement), vad=vad)
     pcm = pcm16(by_id["ls-multispeaker-stream"].path)[: 16_000 * 40]
-    state, by_kind = StreamState(), {"partial": [], "final": [], "force": [], "pause": []}
-    for i in range(0, pcm.size, 16_000):
-        processor.push(state, pcm[i : i + 16_000])
-        by_kind["final"] += processor.settle(state)
-        while (window := processor.next_window(state)) is not None:
-            result = engine.transcribe(processor.request(state, window))
-            by_kind[window.kind.value] += processor.apply(state, window, result)
-    by_kind["final"] += processor.close(state, engine.transcribe)
-    messages = [m for kind in by_kind.values() for m in kind]
-    committed_by_partials = finals(by_kind["partial"])
-    assert any(isinstance(m, Partial) and m.text for m in by_kind["partial"])
+    _, by_kind, messages = run_by_source(processor, engine, pcm)
+    committed_by_partials = finals(by_kind.get("partial", []))
+    assert any(isinstance(m, Partial) and m.text for m in by_kind.get("partial", []))
     if agreement:
         assert committed_by_partials  # the same audio commits mid-utterance when agreement is on
     else:
         assert not committed_by_partials
-    text = " ".join(f.text for f in sorted(finals(messages), key=lambda f: f.start)).lower()
+    text = " ".join(f.text for f in finals(messages)).lower()
     assert "stew for dinner" in text and "wait no longer" in text, text
 
 
