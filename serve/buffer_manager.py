@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.core.engine import DecodeRequest, DecodeResult
 from serve.core.messages import Final, Partial
-from serve.core.stream import StreamingOptions, StreamProcessor, StreamState, WindowKind
+from serve.core.stream import CallSteps, DecodeJob, StreamingOptions, StreamProcessor, StreamState
 from serve.faults import retry_dead_replica
 from serve.whisper import DecodeFailure, Shed
 
@@ -41,24 +41,18 @@ class BufferManager:
             self.processor.options = StreamingOptions.model_validate(config)
 
     async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
-        """Merge ``pcm`` into the stream, run the VAD and decode every window that is due.
+        """Merge ``pcm`` into the stream, run the VAD and decode every window the core asks for.
 
-        Partial decodes are skipped when the stream is behind (this call brings a lot of
-        audio at once) or when Whisper is (it sheds them): finals keep coming under overload.
+        The core's ``steps`` owns the loop and decides what may be skipped; this only moves its decode jobs to
+        Whisper and their results back (``None`` when Whisper shed a partial decode because it is behind).
         """
-        # VAD on a chunk is milliseconds of CPU: run it in a thread so other streams' calls interleave.
-        await asyncio.to_thread(self.processor.push, state, pcm)
-        if finalize:
-            self.processor.finalize(state)
-        partials = not self.processor.behind(pcm)
-        messages: list[Partial | Final] = self.processor.settle(state)
-        while (window := self.processor.next_window(state, partials=partials)) is not None:
-            result = await self.decode(self.processor.request(state, window), optional=window.kind is WindowKind.PARTIAL)
-            if result is None:  # Whisper is behind and shed this partial decode: finals only for now
-                partials = False
-                continue
-            messages.extend(self.processor.apply(state, window, result))
-        return Processed(state, messages)
+        call = self.processor.steps(state, pcm, finalize)
+        # The VAD on a chunk is milliseconds of CPU: the first step runs in a thread so other calls interleave.
+        # (A StopIteration cannot cross into an asyncio future, so it is caught in the thread.)
+        step = await asyncio.to_thread(_advance, call, None)
+        while isinstance(step, DecodeJob):
+            step = _advance(call, await self.decode(step.request, optional=step.optional))
+        return Processed(state, step)
 
     async def decode(self, request: DecodeRequest, optional: bool) -> DecodeResult | None:
         """One window through Whisper; a request lost with a dead replica is sent once more.
@@ -75,3 +69,11 @@ class BufferManager:
             raise DecodeError(f"{result.kind}: {result.message}")
         assert isinstance(result, DecodeResult)
         return result
+
+
+def _advance(call: CallSteps, result: DecodeResult | None) -> DecodeJob | list[Partial | Final]:
+    """Send ``result`` into the call (None starts it, or reports a shed job): its next job, or its messages."""
+    try:
+        return call.send(result)
+    except StopIteration as done:
+        return done.value

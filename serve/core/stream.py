@@ -27,7 +27,7 @@ Finals are never revised, never overlap and their timestamps only increase.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -171,6 +171,23 @@ class StreamState:
 Message = Partial | Final
 
 
+@dataclass(frozen=True)
+class DecodeJob:
+    """A window one call needs decoded, and the request that decodes it."""
+
+    window: Window
+    request: DecodeRequest
+
+    @property
+    def optional(self) -> bool:
+        """A partial decode: tentative text, which a busy decoder may refuse (shed)."""
+        return self.window.kind is WindowKind.PARTIAL
+
+
+CallSteps = Generator[DecodeJob, DecodeResult | None, list[Message]]
+"""``StreamProcessor.steps``: yields decode jobs, is sent each result (None: shed), returns the messages."""
+
+
 class StreamProcessor:
     """Runs the policy for any number of streams; holds models and options only."""
 
@@ -197,8 +214,13 @@ class StreamProcessor:
             # If the VAD has heard a pause since the last voiced frame, the utterance ended at that frame.
             paused = state.vad.pause_at > state.vad.last_voiced >= open_segment.start
             state.closed.append(SpeechSegment(open_segment.start, state.vad.last_voiced if paused else state.received))
-        elif state.hypothesis:  # tentative words of a burst the VAD dropped as too short
-            state.closed.append(SpeechSegment(state.audio_start, state.received))
+        elif state.hypothesis:
+            # Tentative words after every utterance the VAD closed: a burst it dropped as too short. Words inside
+            # an utterance it closed (in this very call, under load) are that utterance's and are decoded with it;
+            # a second window over them would only hear its committed words and invent what follows.
+            after = state.closed[-1].end + self.options.vad.pad_samples if state.closed else state.audio_start  # type: ignore[operator]
+            if round(state.hypothesis[-1].start * SAMPLE_RATE) >= after:
+                state.closed.append(SpeechSegment(after, state.received))
 
     def _drop_silence(self, state: StreamState) -> None:
         """With no speech pending, keep only the pre-roll pad (plus the context, during a short pause)."""
@@ -211,10 +233,6 @@ class StreamProcessor:
         self._trim(state, state.received - self.options.vad.pad_samples)
 
     # -- what to decode -------------------------------------------------------
-    def behind(self, pcm: np.ndarray) -> bool:
-        """Whether a call bringing ``pcm`` finds the stream behind: it should skip partial decodes."""
-        return pcm.size > self.options.skip_partials_behind_s * SAMPLE_RATE
-
     def next_window(self, state: StreamState, partials: bool = True) -> Window | None:
         """The next window due for decoding; with ``partials=False`` only final and forced ones."""
         opts = self.options
@@ -235,6 +253,20 @@ class StreamProcessor:
         if partials and fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
         return None
+
+    def _drop_heard(self, state: StreamState) -> list[Message]:
+        """Close, without a decode, utterances whose voiced audio all lies before the last committed word's end: a
+        window over them would hold nothing but its prefix and silence, which Whisper fills from its prompt."""
+        heard = round(state.last_final_end * SAMPLE_RATE)
+        if not state.closed or state.closed[0].end > heard:  # type: ignore[operator]
+            return []
+        while state.closed and state.closed[0].end <= heard:  # type: ignore[operator]
+            state.closed.pop(0)
+        self._drop_silence(state)
+        if not state.partial_text or state.hypothesis:
+            return []
+        state.partial_text = ""
+        return [Partial(text="", start=state.last_final_end, end=state.last_final_end)]
 
     def _closed_window(self, state: StreamState) -> Window:
         """The window of the oldest closed utterance: all of it (a final), or its first ``max_buffer_s`` (forced)."""
@@ -302,6 +334,11 @@ class StreamProcessor:
         if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
             if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
                 words = words[1:]
+        if window.kind is not WindowKind.PARTIAL:
+            # Words that start after the voiced audio (and its pad) were heard in silence: the decoder continued
+            # its prompt there. A window's end clamps them to zero length. They are never committed.
+            voiced = (state.closed[0].end if state.closed else state.vad.last_voiced) + self.options.vad.pad_samples  # type: ignore[operator]
+            words = [w for w in words if round(w.start * SAMPLE_RATE) < voiced]
         if not words and window.kind in (WindowKind.FINAL, WindowKind.FORCE) and self._prefix_stopped(state, window):
             # Nothing after the forced prefix although speech follows it: the prefix, not the audio, ended
             # the decode (a committed "2" continued as "2." and then end-of-text). Drop the context and
@@ -412,29 +449,66 @@ class StreamProcessor:
         """Trim the window; committed words before the cut become the prompt."""
         state.trim_to(sample)
         cut = state.audio_start / SAMPLE_RATE
-        gone = [w for w in state.committed if w.start < cut]
-        state.committed = [w for w in state.committed if w.start >= cut]
+        # A word of zero length at the cut goes too: kept, it would be a prefix with no audio left under it.
+        gone = [w for w in state.committed if w.start < cut or w.end <= cut]
+        state.committed = state.committed[len(gone) :]
         if gone and self.options.prompt_chars:
             state.prompt = (state.prompt + "".join(w.word for w in gone))[-self.options.prompt_chars :]
 
-    # -- convenience for in-process use --------------------------------------
+    # -- one call, without I/O --------------------------------------------------
+    def steps(self, state: StreamState, pcm: np.ndarray, finalize: bool = False, finalize_at: int | None = None) -> CallSteps:
+        """One call of a stream as a generator that owns the loop, in the style of a sans-I/O parser.
+
+        It pushes ``pcm`` (finalizing after it, or at sample ``finalize_at`` of it when the client's finalize
+        arrived mid-way, so the turn ends where the client ended it), then yields a ``DecodeJob`` for every
+        window that is due and expects that job's ``DecodeResult`` back, or ``None`` when an optional
+        (partial) job was shed by a busy decoder. It returns the call's messages. Whether partials are decoded
+        at all is decided here, once: not when the call brings more than ``skip_partials_behind_s`` of audio
+        (the stream is behind), nor after a partial was shed.
+        """
+        if finalize_at is None:
+            self.push(state, pcm)
+            if finalize:
+                self.finalize(state)
+        else:
+            self.push(state, pcm[:finalize_at])
+            self.finalize(state)
+            self.push(state, pcm[finalize_at:])
+        partials = pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
+        messages = self._drop_heard(state) + self.settle(state)
+        while (window := self.next_window(state, partials=partials)) is not None:
+            job = DecodeJob(window, self.request(state, window))
+            result = yield job
+            if result is None:
+                if not job.optional:
+                    raise ValueError(f"a {window.kind.value} decode cannot be shed")
+                partials = False  # the decoder is behind: finals only for the rest of this call
+                continue
+            messages.extend(self.apply(state, window, result))
+            messages.extend(self._drop_heard(state))
+        return messages
+
+    def run(
+        self, state: StreamState, pcm: np.ndarray, decode: Callable[[DecodeRequest], DecodeResult], finalize: bool = False
+    ) -> list[Message]:
+        """One call with ``decode`` run in-line for every job (in-process use: tests, simulate, benchmarks)."""
+        call = self.steps(state, pcm, finalize)
+        try:
+            job = next(call)
+            while True:
+                job = call.send(decode(job.request))
+        except StopIteration as done:
+            return done.value
+
     def process(
         self, state: StreamState, pcm: np.ndarray, decode: Callable[[DecodeRequest], DecodeResult]
     ) -> list[Message]:
         """push + decode every window that is due, with ``decode`` run in-line."""
-        self.push(state, pcm)
-        return self.drain(state, decode)
-
-    def drain(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
-        messages = self.settle(state)
-        while (window := self.next_window(state)) is not None:
-            messages.extend(self.apply(state, window, decode(self.request(state, window))))
-        return messages
+        return self.run(state, pcm, decode)
 
     def close(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
-        """finalize + drain: commit everything heard."""
-        self.finalize(state)
-        return self.drain(state, decode)
+        """finalize + decode: commit everything heard."""
+        return self.run(state, np.zeros(0, np.int16), decode, finalize=True)
 
 
 def _common_prefix(previous: list[Word], current: list[Word]) -> int:
