@@ -337,7 +337,10 @@ def http_base(ws_url: str) -> str:
 
 
 def serve_api_base(ws_url: str) -> str:
-    """The Ray dashboard (Serve's REST API) on the service's host: http://host:8265."""
+    """The Ray dashboard (Serve's REST API): $RAY_DASHBOARD_ADDRESS, where `serve deploy` also looks (README: a
+    cluster by hand), else the service's host at port 8265."""
+    if address := os.environ.get("RAY_DASHBOARD_ADDRESS", "").strip():
+        return address if "://" in address else f"http://{address}"
     host = urllib.parse.urlsplit(ws_url).hostname or "127.0.0.1"
     return f"http://{host}:8265"
 
@@ -383,7 +386,8 @@ def batching_configs(details: dict[str, Any], ws_url: str, max_batch_size: int =
 
 def ray_auth_headers() -> dict[str, str]:
     """Ray's own token for its dashboard, where token authentication is on: $RAY_AUTH_TOKEN, else the file at
-    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (what `serve deploy` sends). None found: no header."""
+    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, in Ray's order (what `serve deploy` sends with RAY_AUTH_MODE=token).
+    None found: no header."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if not token:
         path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
@@ -784,7 +788,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compare-unbatched", action="store_true",
         help="repeat the sweep with max_batch_size 1: the app is reconfigured through --serve-api, then restored",
     )
-    parser.add_argument("--serve-api", help="Serve REST API (Ray dashboard) base, default http://<url host>:8265")
+    parser.add_argument("--serve-api", help="Serve REST API (Ray dashboard) base, default $RAY_DASHBOARD_ADDRESS, else http://<url host>:8265")
     parser.add_argument(
         "--unbatched-url", help="instead of reconfiguring: WebSocket URL of a second deployment with max_batch_size: 1"
     )
