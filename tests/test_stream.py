@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serve.core.messages import Final, Partial
-from serve.core.stream import StreamState
+from serve.core.stream import StreamState, drive
 from serve.core.words import comparable
 from tests.conftest import pcm16
 
@@ -112,31 +112,40 @@ def test_a_prefix_that_swallows_the_decode_does_not_lose_the_audio(processor, en
 
     pcm = pcm16(by_id["sonnet-002"].path)[: 16_000 * 20]
     state = StreamState(language="en")
+
+    def decode(job):  # type: ignore[no-untyped-def]
+        if state.committed and state.committed[-1].word.strip() == "Two.":
+            w = state.committed[-1]
+            state.committed[-1] = Word(" 2", w.start, w.end, w.probability)
+        return engine.transcribe(processor.request(state, job.window))
+
     messages = []
-    for i in range(0, pcm.size, 16_000 * 4):  # finals only, as when the stream is behind
-        processor.push(state, pcm[i : i + 16_000 * 4])
-        while (window := processor.next_window(state, partials=False)) is not None:
-            if state.committed and state.committed[-1].word.strip() == "Two.":
-                w = state.committed[-1]
-                state.committed[-1] = Word(" 2", w.start, w.end, w.probability)
-            messages += processor.apply(state, window, engine.transcribe(processor.request(state, window)))
+    for i in range(0, pcm.size, 16_000 * 4):  # calls of 4 s decode finals only, as when the stream is behind
+        messages += drive(processor.steps(state, pcm[i : i + 16_000 * 4]), decode)
     messages += processor.close(state, engine.transcribe)
     text = " ".join(f.text for f in finals(messages)).lower()
     assert "winters shall" in text and "beauty's field" in text, text
     check_rules(messages, pcm.size / 16_000)
 
 
-def test_finals_only_mode_commits_everything_in_forced_windows(processor, engine, by_id):
+def test_finals_only_mode_commits_everything_in_forced_windows(vad, engine, by_id):
     """With partial decodes skipped (overload), a long utterance is still committed, in bounded windows."""
+    from serve.core.stream import StreamingOptions, StreamProcessor
+
+    processor = StreamProcessor(StreamingOptions(skip_partials_behind_s=0.5), vad=vad)  # every call is behind
     pcm = pcm16(by_id["sonnet-002"].path)
     state = StreamState(language="en")
     messages = []
+    windows = []
+
+    def decode(job):  # type: ignore[no-untyped-def]
+        windows.append(job.window)
+        return engine.transcribe(job.request)
+
     for i in range(0, pcm.size, 16_000 * 5):
-        processor.push(state, pcm[i : i + 16_000 * 5])
-        while (window := processor.next_window(state, partials=False)) is not None:
-            assert window.kind.value != "partial" and window.seconds <= processor.options.max_buffer_s
-            messages += processor.apply(state, window, engine.transcribe(processor.request(state, window)))
+        messages += drive(processor.steps(state, pcm[i : i + 16_000 * 5]), decode)
     messages += processor.close(state, engine.transcribe)
+    assert windows and all(w.kind.value != "partial" and w.seconds <= processor.options.max_buffer_s for w in windows)
     check_rules(messages, pcm.size / 16_000)
     text = " ".join(f.text for f in finals(messages)).lower()
     assert "winters" in text and "warm" in text and len(text.split()) >= 100, text
@@ -168,7 +177,9 @@ def at_pauses(vad, **options):  # type: ignore[no-untyped-def]
 
 
 def run_by_source(processor, engine, pcm):  # type: ignore[no-untyped-def]
-    """Stream ``pcm`` in 1 s chunks; the messages in order, and by what made them: a window kind, or ``settle``."""
+    """Stream ``pcm`` in 1 s chunks; the messages in order, and by what made them: a window kind, or ``settle``.
+    An instrument: it takes the call apart (push, settle, next_window, apply) to see which step made each message,
+    which ``steps`` does not tell; everything else drives ``steps``."""
     state, by_source, messages = StreamState(language="en"), {"settle": []}, []
     for i in range(0, pcm.size + 1, 16_000):
         processor.push(state, pcm[i : i + 16_000])
@@ -221,8 +232,8 @@ def stopping_early(engine, kind: str, keep: int = 3):  # type: ignore[no-untyped
 
     done = []
 
-    def decode(window, request):  # type: ignore[no-untyped-def]
-        result = engine.transcribe(request)
+    def decode(job):  # type: ignore[no-untyped-def]
+        window, result = job.window, engine.transcribe(job.request)
         if window.kind.value == kind and not done and window.seconds > 7 and len(result.words) > 2 * keep:
             done.append((window, result.words[keep - 1].end + window.start / 16_000))
             result = DecodeResult(result.words[:keep], result.language)
@@ -239,10 +250,8 @@ def test_audio_after_an_early_stop_is_decoded_not_trimmed(processor, engine, by_
     state = StreamState(language="en")
     messages = []
     step = 16_000 * (5 if kind == "force" else 30)  # finals only: 30 s at once closes utterances (final windows)
-    for i in range(0, pcm.size, step):
-        processor.push(state, pcm[i : i + step])
-        while (window := processor.next_window(state, partials=False)) is not None:
-            messages += processor.apply(state, window, decode(window, processor.request(state, window)))
+    for i in range(0, pcm.size, step):  # calls of 5 s or more: finals only
+        messages += drive(processor.steps(state, pcm[i : i + step]), decode)
     messages += processor.close(state, engine.transcribe)
     assert done, f"no {kind} window long enough to stop early in"
     check_rules(messages, pcm.size / 16_000)

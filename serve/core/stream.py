@@ -492,13 +492,7 @@ class StreamProcessor:
         self, state: StreamState, pcm: np.ndarray, decode: Callable[[DecodeRequest], DecodeResult], finalize: bool = False
     ) -> list[Message]:
         """One call with ``decode`` run in-line for every job (in-process use: tests, simulate, benchmarks)."""
-        call = self.steps(state, pcm, finalize)
-        try:
-            job = next(call)
-            while True:
-                job = call.send(decode(job.request))
-        except StopIteration as done:
-            return done.value
+        return drive(self.steps(state, pcm, finalize), lambda job: decode(job.request))
 
     def process(
         self, state: StreamState, pcm: np.ndarray, decode: Callable[[DecodeRequest], DecodeResult]
@@ -509,6 +503,17 @@ class StreamProcessor:
     def close(self, state: StreamState, decode: Callable[[DecodeRequest], DecodeResult]) -> list[Message]:
         """finalize + decode: commit everything heard."""
         return self.run(state, np.zeros(0, np.int16), decode, finalize=True)
+
+
+def drive(call: CallSteps, decode: Callable[[DecodeJob], DecodeResult | None]) -> list[Message]:
+    """Run one call in-line: ``decode`` answers each job it yields (None sheds an optional one)."""
+    result: DecodeResult | None = None
+    while True:
+        try:
+            job = call.send(result)  # None first: starts the call
+        except StopIteration as done:
+            return done.value
+        result = decode(job)
 
 
 def _common_prefix(previous: list[Word], current: list[Word]) -> int:
