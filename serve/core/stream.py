@@ -456,24 +456,18 @@ class StreamProcessor:
             state.prompt = (state.prompt + "".join(w.word for w in gone))[-self.options.prompt_chars :]
 
     # -- one call, without I/O --------------------------------------------------
-    def steps(self, state: StreamState, pcm: np.ndarray, finalize: bool = False, finalize_at: int | None = None) -> CallSteps:
+    def steps(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> CallSteps:
         """One call of a stream as a generator that owns the loop, in the style of a sans-I/O parser.
 
-        It pushes ``pcm`` (finalizing after it, or at sample ``finalize_at`` of it when the client's finalize
-        arrived mid-way, so the turn ends where the client ended it), then yields a ``DecodeJob`` for every
-        window that is due and expects that job's ``DecodeResult`` back, or ``None`` when an optional
-        (partial) job was shed by a busy decoder. It returns the call's messages. Whether partials are decoded
-        at all is decided here, once: not when the call brings more than ``skip_partials_behind_s`` of audio
-        (the stream is behind), nor after a partial was shed.
+        It pushes ``pcm`` (and finalizes after it), then yields a ``DecodeJob`` for every window that is due and
+        expects that job's ``DecodeResult`` back, or ``None`` when an optional (partial) job was shed by a busy
+        decoder. It returns the call's messages. Whether partials are decoded at all is decided here, once: not
+        when the call brings more than ``skip_partials_behind_s`` of audio (the stream is behind), nor after a
+        partial was shed.
         """
-        if finalize_at is None:
-            self.push(state, pcm)
-            if finalize:
-                self.finalize(state)
-        else:
-            self.push(state, pcm[:finalize_at])
+        self.push(state, pcm)
+        if finalize:
             self.finalize(state)
-            self.push(state, pcm[finalize_at:])
         partials = pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
         messages = self._drop_heard(state) + self.settle(state)
         while (window := self.next_window(state, partials=partials)) is not None:
