@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.eval_set import EvalItem, eval_dir, load_items
+from serve.bench.eval_set import EvalItem, eval_dir, load_items
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,12 +61,27 @@ class Service:
     http: str
     ws: str
     args: dict
+    api_key: str | None = None
+    """The key to present where the deployment requires one (``/metrics/summary``, like a stream)."""
 
     def summary(self) -> dict:
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.http}/metrics/summary", timeout=30) as response:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        request = urllib.request.Request(f"{self.http}/metrics/summary", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def health(self, timeout: float = 30) -> tuple[int, dict]:
+        """``GET /healthz``: its status code and JSON body (a 503 is an answer too, not an exception)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.http}/healthz", timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
 
     def redeploy(self, args: dict) -> None:
         """What `serve deploy` does with an edited serve.yaml: same app, new args."""
@@ -154,7 +169,7 @@ as a busy server merges them, 13 runs gave 12 to 15 errors in its 232 words (del
 def check_errors(reference: str, text: str, baseline: str, what: str) -> None:
     """``text`` is as accurate as ``baseline`` (1.10x its word errors) up to the spread of chunk timing, and lost no
     more words than it (deletions) nor said any more twice (insertions) beyond that spread."""
-    from serve.bench_metrics import word_errors
+    from serve.bench.scoring import word_errors
 
     hit, calm = word_errors(reference, text), word_errors(reference, baseline)
     print(f"{what}: {hit.errors} errors (del {hit.deletions}, ins {hit.insertions}) vs {calm.errors} "
@@ -185,6 +200,51 @@ def replica_actors(deployment: str) -> list:
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith(f"SERVE_REPLICA::asr#{deployment}#")
     ]
+
+
+async def kill_when_busy(deployment: str, timeout: float = 120, settle_s: float = 0.1) -> str:
+    """``ray.kill`` a replica of ``deployment`` (Serve starts a new one) while it has a request in flight, so the
+    kill lands mid-call; returns the killed actor's id.
+
+    The replica must still be busy ``settle_s`` after it was first seen busy: a replica that dies while it is only
+    accepting a request (the first milliseconds) makes Serve's router send that request elsewhere by itself, and
+    the caller never sees the death."""
+    import asyncio
+    import time
+
+    import ray
+
+    async def busy(actor) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            ref = actor.get_num_ongoing_requests.remote()
+            return bool(await asyncio.wait_for(asyncio.wrap_future(ref.future()), 5))
+        except (ray.exceptions.RayActorError, TimeoutError):
+            return False
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            actors = await asyncio.to_thread(replica_actors, deployment)
+        except ValueError:  # one died between listing and lookup
+            actors = []
+        for actor in actors:
+            if await busy(actor):
+                await asyncio.sleep(settle_s)
+                if await busy(actor):
+                    ray.kill(actor, no_restart=True)
+                    return actor._ray_actor_id.hex()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {deployment} replica had a request in flight within {timeout:g} s")
+
+
+def ray_log_lines(needle: str) -> list[str]:
+    """Lines holding ``needle`` in the Serve logs this session's Ray instance wrote (replicas, proxy, controller)."""
+    import ray
+
+    found = []
+    for path in (Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve").glob("*.log"):
+        found += [line for line in path.read_text(errors="replace").splitlines() if needle in line]
+    return found
 
 
 def actor_pid(actor) -> int:  # type: ignore[no-untyped-def]

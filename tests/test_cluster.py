@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve.bench_metrics import word_errors
+from serve.bench.offline import OfflineTranscriber
+from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from serve.offline import OfflineTranscriber
 from tests.conftest import REPO, check_finals, free_port, serve_yaml, wait_for
 
 pytestmark = pytest.mark.serve

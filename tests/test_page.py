@@ -126,7 +126,7 @@ def microphone_wav(speech: Clip, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def offline_wer(speech: Clip) -> float:
     """WER of the same model on the whole clip at once: what streaming is measured against."""
-    from serve.offline import OfflineTranscriber
+    from serve.bench.offline import OfflineTranscriber
 
     return word_error_rate(speech.text, OfflineTranscriber().transcribe(speech.path))
 
@@ -135,13 +135,13 @@ def offline_wer(speech: Clip) -> float:
 
 
 def normalize(text: str) -> str:
-    from serve.bench_metrics import normalize_text
+    from serve.bench.scoring import normalize_text
 
     return normalize_text(text)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    from serve.bench_metrics import wer
+    from serve.bench.scoring import wer
 
     return wer(reference, hypothesis)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve.bench_metrics import word_errors
+from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
 from tests.conftest import REPO, free_port, serve_yaml
@@ -246,7 +246,7 @@ def test_kuberay_rayservice_turns_on_token_auth_from_one_secret():
 def test_readme_cluster_commands_deploy_with_token_auth(after_run_sh: bool, tmp_path: Path, by_id, monkeypatch):
     from ray.util import get_node_ip_address
 
-    from serve import bench
+    from serve.bench import rest
 
     readme = Path(os.environ.get("ASR_README") or REPO / "README.md")
     parts = sections(readme_block(readme))
@@ -301,12 +301,12 @@ def test_readme_cluster_commands_deploy_with_token_auth(after_run_sh: bool, tmp_
                 monkeypatch.setenv(name, client[name])
             else:
                 monkeypatch.delenv(name, raising=False)
-        headers = bench.ray_auth_headers()
+        headers = rest.ray_auth_headers()
         assert headers, "serve.bench found no Ray token on the deploying machine"
-        details = asyncio.run(bench.fetch_json(dashboard, "/api/serve/applications/", headers))
+        details = asyncio.run(rest.fetch_json(dashboard, "/api/serve/applications/", headers))
         assert details and "asr" in details["applications"], details
         if "RAY_DASHBOARD_ADDRESS" in client:
-            assert bench.serve_api_base(f"ws://{host.ip}:{http}/v1/listen").rstrip("/") == dashboard
+            assert rest.serve_api_base(f"ws://{host.ip}:{http}/v1/listen").rstrip("/") == dashboard
 
         item = by_id["jfk"]
         audio = load_audio(item.path)

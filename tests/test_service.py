@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import websockets
 
-from serve.bench_metrics import normalize_text, pooled_wer
+from serve.bench.offline import OfflineTranscriber
+from serve.bench.scoring import normalize_text, pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from serve.offline import OfflineTranscriber
 from tests.conftest import check_errors, check_finals
 
 pytestmark = pytest.mark.serve

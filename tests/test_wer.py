@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serve.bench_metrics import normalize_text, pooled_wer
+from serve.bench.offline import OfflineTranscriber
+from serve.bench.scoring import normalize_text, pooled_wer
 from serve.core.messages import Final
 from serve.core.stream import StreamState
-from serve.offline import OfflineTranscriber
 from tests.conftest import pcm16
 
 

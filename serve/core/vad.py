@@ -1,7 +1,7 @@
 """Incremental Silero VAD: only new audio is scored, the model state is carried.
 
 The model is the ONNX file the ``silero-vad`` package bundles, run on onnxruntime
-(cheaper per 32 ms frame than its TorchScript twin here: see ``serve.bench_core``).
+(cheaper per 32 ms frame than its TorchScript twin here: see ``serve.bench.core``).
 The recurrent state and the 64-sample context travel in ``VadState`` so that any
 BufferManager replica can continue any stream.
 """

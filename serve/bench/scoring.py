@@ -1,12 +1,12 @@
 """The load benchmark's arithmetic: text normalization and WER, lags, keep-up, capacity.
 
 Pure functions over plain values — no sockets, files or clocks — so every rule the
-benchmark reports by is unit-tested (tests/test_bench_metrics.py) and reusable:
-``from serve.bench_metrics import normalize_text, wer``.
+benchmark reports by is unit-tested (tests/test_bench_scoring.py) and reusable:
+``from serve.bench.scoring import normalize_text, wer``.
 
-Times: ``arrival`` is the client's ``time.monotonic()`` when a message came in;
-``start``/``end`` are seconds of the stream's audio (protocol v1). A stream replayed
-at ``speed`` X whose sample 0 was "recorded" at monotonic ``started`` has audio
+Times: ``arrival`` is when a message came in on the client's clock (``serve.client`` counts
+it from ``ready``); ``start``/``end`` are seconds of the stream's audio (protocol v1). A stream
+replayed at ``speed`` X whose sample 0 was "recorded" at ``started`` on that clock has audio
 time ``t`` due at ``started + t / speed``; a lag is arrival minus due, in wall seconds.
 """
 
@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # -- text -------------------------------------------------------------------------------
 
@@ -224,6 +225,26 @@ class Received:
     """A final's words' ``end`` times (audio seconds), in order."""
 
 
+def received(message: dict[str, Any], arrival: float) -> Received:
+    """A protocol message (a parsed JSON object) as ``Received``; malformed numbers are left out."""
+    return Received(
+        str(message["type"]), arrival, str(message.get("text") or ""), as_number(message.get("start")),
+        as_number(message.get("end")), word_ends(message.get("words")),
+    )
+
+
+def word_ends(words: Any) -> tuple[float, ...]:
+    """The ``end`` of each word of a final's ``words`` list; anything malformed is left out."""
+    if not isinstance(words, list):
+        return ()
+    ends = (as_number(w.get("end")) for w in words if isinstance(w, dict))
+    return tuple(e for e in ends if e is not None)
+
+
+def as_number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class LagPoint:
     """A final: when its audio ended (audio seconds), when that was due and how late it came."""
@@ -393,6 +414,16 @@ def capacity(
 
 
 # -- server figures ------------------------------------------------------------------------------
+
+
+def flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """``/metrics/summary`` with its figures one level up (the service nests them per deployment, e.g. ``whisper``)."""
+    flat = {}
+    for value in summary.values():
+        if isinstance(value, dict):
+            flat.update(value)
+    flat.update(summary)
+    return flat
 
 
 def _as_histogram(value: object) -> dict[int, int]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from serve import bench
-from serve.bench_metrics import (
+from serve.bench.scoring import (
     LagPoint,
     LoadPoint,
     Received,
@@ -27,9 +25,11 @@ from serve.bench_metrics import (
     out_of_order_finals,
     percentile,
     pooled_wer,
+    received,
     summarize,
     transcript,
     wer,
+    word_ends,
     word_errors,
     word_lags,
     year_to_words,
@@ -234,6 +234,27 @@ def test_out_of_order_finals_counted():
     assert out_of_order_finals([final(0, 2, 1), final(1, 3, 2), final(4, 3.5, 3)]) == 2
 
 
+def test_word_lag_is_arrival_minus_each_words_end():
+    # One long final at a pause: short lag at its last word, long at its first.
+    long_final = Received("final", 106.0, "a b c", 0.0, 5.0, word_ends=(1.0, 3.0, 5.0))
+    messages = [partial(0.0, 1.0, 101.2), long_final, Received("final", 107.0, "d", 5.5, 6.0, word_ends=(6.0,))]
+    assert word_lags(messages, started=100.0) == pytest.approx([5.0, 3.0, 1.0, 1.0])
+    assert [p.lag for p in final_lags(messages, started=100.0)] == pytest.approx([1.0, 1.0])
+    assert word_lags(messages, started=100.0, speed=2.0) == pytest.approx([5.5, 4.5, 3.5, 4.0])
+
+
+def test_word_ends_read_from_a_finals_words_skipping_malformed_ones():
+    words = [{"word": " a", "end": 1.5}, {"word": " b"}, "c", {"word": " d", "end": True}, {"word": " e", "end": 2}]
+    assert word_ends(words) == (1.5, 2.0)
+    assert word_ends(None) == () and word_ends({"end": 1.0}) == ()
+
+
+def test_received_reads_a_protocol_message():
+    message = {"type": "final", "text": "hi", "start": 1, "end": "2", "words": [{"word": " hi", "end": 1.5}]}
+    assert received(message, 3.0) == Received("final", 3.0, "hi", 1.0, None, (1.5,))
+    assert received({"type": "end", "duration": 4.0}, 5.0) == Received("end", 5.0)
+
+
 # -- keeping up --------------------------------------------------------------------------------------
 
 
@@ -317,151 +338,7 @@ def test_histogram_delta():
     assert histogram_delta(None, "nonsense") is None
 
 
-# -- the bench's plumbing around them (no network) --------------------------------------------------
-
-
-def test_encodings_carry_the_same_samples():
-    samples = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
-    assert np.array_equal(np.frombuffer(bench.encode(samples, "s16le"), "<i2"), samples)
-    floats = np.frombuffer(bench.encode(samples, "f32le"), "<f4")
-    assert np.allclose(floats * 32768, samples)
-    assert floats.min() >= -1.0 and floats.max() < 1.0
-
-
-def test_urls():
-    assert bench.http_base("ws://127.0.0.1:8124/v1/listen") == "http://127.0.0.1:8124"
-    assert bench.http_base("wss://asr.example/v1/listen?x=1") == "https://asr.example"
-    assert bench.http_base("ws://127.0.0.1:8124/unbatched/v1/listen") == "http://127.0.0.1:8124/unbatched"
-    url = bench.stream_url("ws://h:1/v1/listen?encoding=f32le", bench.Options(encoding="s16le", language="en"))
-    assert "encoding=f32le" in url and "sample_rate=16000" in url and "language=en" in url
-
-
-def test_word_lag_is_arrival_minus_each_words_end():
-    # One long final at a pause: short lag at its last word, long at its first.
-    long_final = Received("final", 106.0, "a b c", 0.0, 5.0, word_ends=(1.0, 3.0, 5.0))
-    messages = [partial(0.0, 1.0, 101.2), long_final, Received("final", 107.0, "d", 5.5, 6.0, word_ends=(6.0,))]
-    assert word_lags(messages, started=100.0) == pytest.approx([5.0, 3.0, 1.0, 1.0])
-    assert [p.lag for p in final_lags(messages, started=100.0)] == pytest.approx([1.0, 1.0])
-    assert word_lags(messages, started=100.0, speed=2.0) == pytest.approx([5.5, 4.5, 3.5, 4.0])
-
-
-def test_word_ends_read_from_a_finals_words_skipping_malformed_ones():
-    words = [{"word": " a", "end": 1.5}, {"word": " b"}, "c", {"word": " d", "end": True}, {"word": " e", "end": 2}]
-    assert bench._word_ends(words) == (1.5, 2.0)
-    assert bench._word_ends(None) == () and bench._word_ends({"end": 1.0}) == ()
-
-
-def test_analyze_run_pools_errors_and_lags_across_streams():
-    item = bench.EvalItem("a", Path("a.wav"), "one two three four", "short", 4.0)
-    other = bench.EvalItem("b", Path("b.wav"), "five", "short", 1.0)
-    first = bench.StreamRecord(item, 0.0, started=10.0, end_at=15.0, close_code=1000, sent_s=4.0)
-    first.messages = [
-        Received("final", 12.7, "one two", 0.0, 2.0, word_ends=(1.0, 2.0)),
-        Received("final", 15.0, "three for", 2.0, 4.0, word_ends=(3.0, 4.0)),
-    ]
-    second = bench.StreamRecord(other, 0.5, started=20.0, end_at=22.0, close_code=1000, sent_s=1.0)
-    second.messages = [final(0.0, 1.0, 21.5, "five")]
-    record = bench.RunRecord("batched", 2, [first, second], 12.0, None, None, None)
-    result = bench.analyze_run(record, {item.path: "one two three four", other.path: "hive"}, bench.Options())
-    assert result["wer"] == pytest.approx(1 / 5)
-    assert result["offline_wer"] == pytest.approx(1 / 5)
-    assert result["final_lag"]["count"] == 3
-    assert result["final_lag"]["max"] == pytest.approx(1.0)
-    assert result["final_lag"]["min"] == pytest.approx(0.5)
-    assert result["word_final_lag"]["count"] == 4  # the second stream's final lists no words
-    assert result["word_final_lag"]["max"] == pytest.approx(2.0) and result["word_final_lag"]["min"] == pytest.approx(0.7)
-    assert result["failed_streams"] == 0
-    assert [s["end_lag_s"] for s in result["per_stream"]] == pytest.approx([1.0, 1.0])
-
-
 def test_counter_delta():
     assert counter_delta(10.0, 12.5) == 2.5
     assert counter_delta(None, 3) == 3
     assert counter_delta(9, 2) == 2  # restarted in between
-
-
-def test_server_figures_from_the_services_summary_shape():
-    before = {"whisper": {"batch_sizes": {"1": 4}, "batches": 4, "decode_seconds": 1.0, "max_batch_size": 16}}
-    after = {
-        "whisper": {"batch_sizes": {"1": 6, "3": 2}, "batches": 8, "decode_seconds": 2.5, "max_batch_size": 16},
-        "ingress": {"open_streams": 0},
-    }
-    figures = bench.server_figures(before, after)
-    assert figures["batch_sizes"] == {1: 2, 3: 2}
-    assert figures["batches"] == 4
-    assert figures["decode_seconds"] == pytest.approx(1.5)
-    assert figures["mean_batch_size"] == pytest.approx(2.0)
-    assert figures["max_batch_size"] == 16
-    assert bench.server_figures(None, None) == {"batch_sizes": None}
-
-
-def test_command_line_help_and_sweep_parsing(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(["--help"])
-    assert exit_info.value.code == 0
-    assert "--sweep" in capsys.readouterr().out
-    assert bench.parse_args(["--sweep", "1,2,4"]).stream_counts == [1, 2, 4]
-    assert bench.parse_args(["--survey"]).stream_counts == [1, 3, 15]
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--sweep", "1,x"])
-
-
-# -- the unbatched comparison by reconfiguring ------------------------------------------------------
-
-
-def details(*apps):
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": 8000},
-        "applications": {
-            name: {
-                "route_prefix": prefix,
-                "deployed_app_config": {"name": name, "route_prefix": prefix, "import_path": "serve.app:build_app",
-                                        "args": {"batching": {"max_batch_size": 16}, "engine": {"beam_size": 1}}}
-                if declared else None,
-            }
-            for name, prefix, declared in apps
-        },
-    }
-
-
-def test_reconfigure_changes_only_the_batch_size_of_the_app_serving_the_url():
-    got = details(("asr", "/", True), ("other", "/other", True), ("by-python", "/py", False))
-    target, original, changed = bench.batching_configs(got, "ws://127.0.0.1:8000/other/v1/listen")
-    assert target == "other"
-    assert [a["name"] for a in original["applications"]] == ["asr", "other"]  # a deploy replaces every app
-    assert original["proxy_location"] == "EveryNode" and original["http_options"]["port"] == 8000
-    by_name = {a["name"]: a for a in changed["applications"]}
-    # args are the app's code version (a change restarts replicas): they stay as they are, and the batch size goes
-    # to the Whisper deployment's user_config, which Serve applies in place.
-    assert by_name["other"]["args"] == original["applications"][1]["args"]
-    assert by_name["other"]["deployments"] == [{"name": "Whisper", "user_config": {"max_batch_size": 1}}]
-    assert "deployments" not in by_name["asr"]
-    # The restoring body is untouched by the change.
-    assert "deployments" not in original["applications"][1]
-    assert bench.batching_configs(got, "ws://127.0.0.1:8000/v1/listen")[0] == "asr"
-
-
-def test_reconfigure_keeps_the_whisper_deployments_other_settings():
-    got = details(("asr", "/", True))
-    config = got["applications"]["asr"]["deployed_app_config"]
-    config["deployments"] = [{"name": "Ingress"}, {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}}]
-    _, original, changed = bench.batching_configs(got, "ws://127.0.0.1:8000/v1/listen")
-    assert changed["applications"][0]["deployments"] == [
-        {"name": "Ingress"},
-        {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}, "user_config": {"max_batch_size": 1}},
-    ]
-    assert original["applications"][0]["deployments"][1] == {"name": "Whisper", "autoscaling_config": {"min_replicas": 2}}
-
-
-def test_reconfigure_needs_an_app_deployed_from_a_config():
-    with pytest.raises(ValueError, match="from a config"):
-        bench.batching_configs(details(("by-python", "/", False)), "ws://127.0.0.1:8000/v1/listen")
-    with pytest.raises(ValueError, match="serves"):
-        bench.batching_configs(details(("asr", "/asr", True)), "ws://127.0.0.1:8000/v1/listen")
-
-
-def test_compare_unbatched_no_longer_needs_a_second_url():
-    args = bench.parse_args(["--sweep", "1,2", "--compare-unbatched"])
-    assert args.compare_unbatched and args.unbatched_url is None
-    assert bench.serve_api_base("ws://10.0.0.5:8000/v1/listen") == "http://10.0.0.5:8265"

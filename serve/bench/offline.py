@@ -5,7 +5,7 @@ file with greedy decoding. Results are kept in ``~/.cache/asr-bench/offline.json
 keyed by model, decoding options and the file's path, size and mtime, so a changed file
 or model is transcribed again and nothing else is.
 
-    python -m serve.offline FILE... [--model DIR]   # prints each transcript (fills the cache)
+    python -m serve.bench.offline FILE... [--model DIR]   # prints each transcript (fills the cache)
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class OfflineTranscriber:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.offline", description="Offline transcripts (cached).")
+    parser = argparse.ArgumentParser(prog="python -m serve.bench.offline", description="Offline transcripts (cached).")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--model", default=None, help="CTranslate2 model directory (default: bundled tiny.en)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Benchmark of the streaming core on this machine (no Ray): prints ratios, writes JSON.
 
-    python -m serve.bench_core [--out bench_results/core.json] [--sizes 1,4,8,16]
+    python -m serve.bench.core [--out bench_results/core.json] [--sizes 1,4,8,16]
 
 1. Silero VAD cost per 32 ms frame: the bundled ONNX model on onnxruntime vs its
    TorchScript twin on CPU torch (why vad.py uses ONNX).
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.bench.eval_set import load_items
 from serve.core.audio import SAMPLE_RATE, load_audio, to_int16
 from serve.core.engine import BatchedWhisper, DecodeRequest
 from serve.core.stream import StreamProcessor, StreamState
 from serve.core.vad import CONTEXT, FRAME, SileroVad, VadState
-from serve.eval_set import load_items
 
 
 def vad_costs(audio: np.ndarray) -> dict[str, float]:
@@ -88,7 +88,7 @@ def batched_vs_loop(engine: BatchedWhisper, clips: list[np.ndarray], sizes: list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.bench_core", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m serve.bench.core", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench_results/core.json")
     parser.add_argument("--sizes", default="1,4,8,16")
     parser.add_argument("--repeats", type=int, default=2)
