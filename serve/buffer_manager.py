@@ -40,6 +40,10 @@ class BufferManager:
         if config:
             self.processor.options = StreamingOptions.model_validate(config)
 
+    async def ping(self) -> dict:
+        """``/healthz`` through this replica: answers once Whisper does, so the path of a stream's call is checked."""
+        return await self.whisper.ping.remote()
+
     async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
         """Merge ``pcm`` into the stream, run the VAD and decode every window the core asks for.
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 log = logging.getLogger("ray.serve")
 
@@ -17,6 +17,25 @@ T = TypeVar("T")
 RETRYABLE: tuple[type[BaseException], ...] = (RayActorError,)
 """A replica that died or became unreachable mid-call (ActorDiedError, ActorUnavailableError).
 The calls are pure (the stream state travels with them), so the same call can go to another replica."""
+
+
+def dead_replica(exc: BaseException) -> bool:
+    """Whether ``exc`` means a replica died somewhere down the call, so that the same call may be sent again.
+
+    A replica that died under a deployment this call went through (Whisper under the BufferManager, after the
+    BufferManager's own retry) comes back as a task error of that deployment wrapping the ActorDiedError. Ray
+    usually makes it an instance of both (``RayTaskError(ActorDiedError)``); when it cannot build that class it
+    raises the plain RayTaskError, with the death only in its ``cause``. Both count; a failure of the code itself
+    (a DecodeError, a bug), wrapped or not, does not.
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, RETRYABLE):
+            return True
+        if not isinstance(exc, RayTaskError):
+            return False
+        exc, seen = exc.cause, seen + 1  # type: ignore[assignment]
+    return False
 
 
 async def retry_dead_replica(
@@ -33,7 +52,9 @@ async def retry_dead_replica(
         attempt += 1
         try:
             return await call()
-        except RETRYABLE as exc:
+        except Exception as exc:
+            if not dead_replica(exc):
+                raise
             out_of_time = time.monotonic() + delay > deadline
             if out_of_time or (max_attempts is not None and attempt >= max_attempts):
                 raise

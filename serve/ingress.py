@@ -1,12 +1,14 @@
 """The Ingress deployment: holds the WebSocket sessions, speaks protocol v1."""
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve.core.auth import Gate
 from serve.core.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError
@@ -21,6 +23,22 @@ log = logging.getLogger("ray.serve")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 app = FastAPI(title="Real-time speech recognition", version="1")
+
+HEALTH_TIMEOUT_S = 5.0
+"""How long ``/healthz`` waits for the BufferManager and Whisper before it reports the service unavailable."""
+
+
+async def answer_within(response: DeploymentResponse, timeout_s: float) -> Any:
+    """A handle call's result; TimeoutError (and the call cancelled) when it takes longer than ``timeout_s``."""
+
+    async def result() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1000)
@@ -48,13 +66,39 @@ class Ingress:
         return self._model
 
     @app.get("/healthz")
-    async def healthz(self) -> dict:
-        info = await self.model_info()
-        return {"status": "ok", "model": info["model"], "device": info["device"], "streams": len(self.sessions)}
+    async def healthz(self) -> JSONResponse:
+        """200 when a stream could be served now: Whisper and the BufferManager both answer within
+        HEALTH_TIMEOUT_S (the BufferManager's ping goes on to Whisper, the path of a stream's call). Else 503 with
+        the reason, while Serve replaces a dead replica. Open to probes: no key, no placement details."""
+        probes = {"Whisper": self.whisper.ping.remote(), "BufferManager": self.buffer_manager.ping.remote()}
+        answers = await asyncio.gather(
+            *(answer_within(response, HEALTH_TIMEOUT_S) for response in probes.values()), return_exceptions=True
+        )
+        problems = [
+            f"{name}: no answer within {HEALTH_TIMEOUT_S:g} s" if isinstance(answer, TimeoutError)
+            else f"{name}: {type(answer).__name__}"
+            for name, answer in zip(probes, answers)
+            if isinstance(answer, BaseException)
+        ]
+        if problems:
+            log.warning("healthz: unavailable (%s)", "; ".join(problems))
+            return JSONResponse(
+                {"status": "unavailable", "reason": "; ".join(problems), "streams": len(self.sessions)}, status_code=503
+            )
+        info = answers[0]
+        return JSONResponse({"status": "ok", "model": info["model"], "device": info["device"], "streams": len(self.sessions)})
 
     @app.get("/metrics/summary")
-    async def summary(self) -> dict:
-        """What the Whisper replica answering this call has done, and this replica's open streams."""
+    async def summary(self, request: Request) -> Any:
+        """What the Whisper replica answering this call has done, and this replica's open streams.
+
+        It names nodes and GPUs: with API keys set, it takes a key as a stream does (Bearer or ?token=)."""
+        try:
+            self.gate.check(request.headers, request.query_params)
+        except ProtocolError as exc:
+            return JSONResponse(
+                {"code": exc.code, "message": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         return {
             "whisper": await self.whisper.info.remote(),
             "ingress": {"open_streams": len(self.sessions), "max_streams": self.limits.max_streams},
@@ -72,6 +116,14 @@ class Ingress:
             raise HTTPException(404)
         return FileResponse(path)
 
+    def _keyless(self) -> bool:
+        """Whether auth is off: the gate lets in a client that presents no key."""
+        try:
+            self.gate.check({}, {})
+        except ProtocolError:
+            return False
+        return True
+
     def open_session(self, ws: WebSocket, info: dict) -> Session:
         """Check who is asking, what they ask for and whether there is room; raises a fatal ProtocolError."""
         self.gate.check(ws.headers, ws.query_params)
@@ -83,7 +135,16 @@ class Ingress:
                 "overloaded", f"this server holds its maximum of {self.limits.max_streams} streams; try again later",
                 CLOSE_TRY_LATER,
             )
-        session = Session(params)
+        # What Serve's proxy (uvicorn) reports: the TCP peer, or X-Forwarded-For when that peer is a proxy it trusts
+        # (FORWARDED_ALLOW_IPS, by default 127.0.0.1 only).
+        client = ws.client.host if ws.client else "unknown"
+        per_client = self.limits.max_streams_per_client
+        if per_client and self._keyless() and sum(s.client == client for s in self.sessions.values()) >= per_client:
+            raise ProtocolError(
+                "overloaded", f"{client} holds its maximum of {per_client} streams (limits.max_streams_per_client)",
+                CLOSE_TRY_LATER,
+            )
+        session = Session(params, client=client)
         self.sessions[session.id] = session  # no await since the count: the limit holds
         self.metrics.open_streams.set(len(self.sessions))
         return session

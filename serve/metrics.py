@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
@@ -58,20 +59,41 @@ class WhisperMetrics:
 
 
 class ArrivalClock:
-    """When each stretch of a stream's audio arrived, to measure a final's lag from its ``end``."""
+    """When each stretch of a stream's audio arrived, to measure a final's lag from its ``end``.
 
-    def __init__(self) -> None:
+    Bounded, however long the stream: frames that arrive within ``RESOLUTION_S`` of the stretch before share its
+    entry (a lag is then up to that much longer than exact), and the Ingress tells it, after every call, where
+    the stream's window starts (``forget``): no later final can end before it.
+    """
+
+    RESOLUTION_S = 0.1
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self.samples = 0
+        self._now = now
         self._arrivals: deque[tuple[int, float]] = deque()
+        """(samples received up to the end of a stretch, when its first frame arrived), oldest first."""
+
+    def __len__(self) -> int:
+        return len(self._arrivals)
 
     def received(self, samples: int) -> None:
         self.samples += samples
-        self._arrivals.append((self.samples, time.monotonic()))
+        now = self._now()
+        if self._arrivals and now - self._arrivals[-1][1] < self.RESOLUTION_S:
+            self._arrivals[-1] = (self.samples, self._arrivals[-1][1])
+        else:
+            self._arrivals.append((self.samples, now))
+
+    def forget(self, before: int) -> None:
+        """Drop the stretches that end before sample ``before``: no final can end there any more."""
+        while len(self._arrivals) > 1 and self._arrivals[0][0] <= before:
+            self._arrivals.popleft()
 
     def lag(self, end_s: float) -> float:
         """Seconds since the audio holding stream time ``end_s`` arrived (older audio is forgotten)."""
         end = round(end_s * SAMPLE_RATE)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
             self._arrivals.popleft()
-        arrived = self._arrivals[0][1] if self._arrivals else time.monotonic()
-        return max(time.monotonic() - arrived, 0.0)
+        arrived = self._arrivals[0][1] if self._arrivals else self._now()
+        return max(self._now() - arrived, 0.0)

@@ -25,6 +25,9 @@ from serve.metrics import ArrivalClock, IngressMetrics
 
 log = logging.getLogger("ray.serve")
 
+MESSAGE_BURST_S = 5.0
+"""A stream may send ``limits.max_messages_per_s`` messages per second, in bursts of up to this many seconds' worth."""
+
 
 class StreamClosed(Exception):
     """The stream is over (closed by us, or the client left)."""
@@ -34,11 +37,33 @@ async def send_error(ws: WebSocket, exc: ProtocolError) -> None:
     await ws.send_text(Error(code=exc.code, message=exc.message).to_json())
 
 
+class TokenBucket:
+    """At most ``capacity`` plus ``rate`` per second since it was made: what a client may send.
+
+    A take is allowed while the bucket is not in debt, so one item larger than the capacity (a long audio
+    frame) still passes when the bucket is full; the items after it wait for the debt to be repaid.
+    """
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.tokens, self.at = capacity, now
+
+    def take(self, amount: float, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens <= 0.0:
+            return False
+        self.tokens -= amount
+        return True
+
+
 class SocketStream:
     """One connection's two loops: reading audio and processing it never wait on each other.
 
     Audio read from the socket waits in a bounded queue (``limits.max_pending_seconds``);
-    everything that arrived while a call was in flight goes into the next call together.
+    everything that arrived while a call was in flight goes into the next call together,
+    except across a ``finalize``: the audio before it is finalized in one call, the audio
+    after it goes into the next.
     """
 
     def __init__(
@@ -49,14 +74,24 @@ class SocketStream:
         self.metrics = metrics
         self.clock = ArrivalClock()
         self.pending: list[np.ndarray] = []
-        self.pending_samples = 0
-        self.finalize = False
+        self.queued = 0
+        """Samples (16 kHz) put in ``pending`` since the stream began."""
+        self.taken = 0
+        """Samples (16 kHz) taken from ``pending`` into calls since the stream began."""
+        self.turn_ends: list[int] = []
+        """Where each ``finalize`` not yet processed arrived, in ``queued`` samples, oldest first."""
         self.stopped = False
         self.ending: ProtocolError | None = None
         """Why the server ends the stream after flushing it (idle, too long); None for a client's stop."""
-        self.last_audio = time.monotonic()
+        self.opened = self.last_audio = time.monotonic()
+        self.messages = TokenBucket(limits.max_messages_per_s, limits.max_messages_per_s * MESSAGE_BURST_S, self.opened)
+        self.audio_budget = TokenBucket(limits.max_speed, limits.speed_burst_s, self.opened)
         self.wake = asyncio.Event()
         self.send_lock = asyncio.Lock()
+
+    @property
+    def pending_samples(self) -> int:
+        return self.queued - self.taken
 
     async def run(self) -> None:
         receiver = asyncio.create_task(self.receive_loop())
@@ -92,13 +127,21 @@ class SocketStream:
         self.wake.set()
 
     async def next_message(self) -> dict:
+        """The client's next message, or ``idle`` (no audio for ``idle_timeout_s``) or ``too_long`` (the stream
+        has been open ``max_stream_s``), whichever comes first."""
         if self.stopped:
             return await self.ws.receive()
-        idle_left = self.last_audio + self.limits.idle_timeout_s - time.monotonic()
+        idle_at = self.last_audio + self.limits.idle_timeout_s
+        over_at = self.opened + self.limits.max_stream_s
         try:
-            return await asyncio.wait_for(self.ws.receive(), timeout=max(idle_left, 0.0))
+            return await asyncio.wait_for(self.ws.receive(), timeout=max(min(idle_at, over_at) - time.monotonic(), 0.0))
         except TimeoutError:
-            return {"type": "idle"}
+            return {"type": "too_long" if over_at <= idle_at else "idle"}
+
+    def too_long(self) -> ProtocolError:
+        return ProtocolError(
+            "max_duration", f"a stream may send {self.limits.max_stream_s:g} s of audio and stay open as long", CLOSE_POLICY
+        )
 
     async def receive_loop(self) -> None:
         limits = self.limits
@@ -108,11 +151,21 @@ class SocketStream:
             if message["type"] == "idle":
                 self.end_with(ProtocolError("idle_timeout", f"no audio for {limits.idle_timeout_s:g} s", CLOSE_POLICY))
                 continue
+            if message["type"] == "too_long":
+                self.end_with(self.too_long())
+                continue
             if message["type"] == "websocket.disconnect":
                 raise StreamClosed("client disconnected")
             data, text = message.get("bytes"), message.get("text")
-            size = len(data) if data is not None else len(text or "")
+            # What the client sent: text arrives decoded, so count its UTF-8 bytes, not its characters.
+            size = len(data) if data is not None else len((text or "").encode("utf-8", "surrogatepass"))
             try:
+                if not self.messages.take(1, time.monotonic()):
+                    raise ProtocolError(
+                        "rate_limited",
+                        f"more than {limits.max_messages_per_s:g} messages per second; send fewer, longer audio frames",
+                        CLOSE_POLICY,
+                    )
                 if size > limits.max_frame_bytes:
                     raise ProtocolError(
                         "too_large", f"message of {size} bytes exceeds the {limits.max_frame_bytes}-byte limit",
@@ -123,7 +176,16 @@ class SocketStream:
                         continue  # sent before the client could know the server is ending the stream
                     if self.stopped:
                         raise ProtocolError("bad_message", "audio after stop is ignored")
+                    if not data:
+                        continue  # an empty frame is no audio: the stream stays idle
                     pcm = self.session.decoder.decode(data)
+                    if not self.audio_budget.take(pcm.size / SAMPLE_RATE, time.monotonic()):
+                        raise ProtocolError(
+                            "rate_limited",
+                            f"audio is arriving faster than {limits.max_speed:g}x real time (after a "
+                            f"{limits.speed_burst_s:g} s burst); send at real time",
+                            CLOSE_POLICY,
+                        )
                     if self.pending_samples and self.pending_samples + pcm.size > max_pending:
                         raise ProtocolError(
                             "overloaded",
@@ -132,15 +194,13 @@ class SocketStream:
                             CLOSE_TRY_LATER,
                         )
                     self.pending.append(pcm)
-                    self.pending_samples += pcm.size
+                    self.queued += pcm.size
                     if pcm.size:
                         self.clock.received(pcm.size)
                         self.metrics.audio_seconds.inc(pcm.size / SAMPLE_RATE)
                     self.last_audio = time.monotonic()
                     if self.session.decoder.seconds_in >= limits.max_stream_s:
-                        self.end_with(
-                            ProtocolError("max_duration", f"a stream may send {limits.max_stream_s:g} s of audio", CLOSE_POLICY)
-                        )
+                        self.end_with(self.too_long())
                     self.wake.set()
                 elif text is not None:
                     control = parse_client_text(text)
@@ -149,25 +209,35 @@ class SocketStream:
                     if self.stopped:
                         raise ProtocolError("bad_message", "the stream is stopping")
                     if isinstance(control, Finalize):
-                        self.finalize = True
+                        if not self.turn_ends or self.turn_ends[-1] != self.queued:
+                            self.turn_ends.append(self.queued)  # the turn ends here: later audio is the next turn's
                     else:
                         self.stopped = True
                     self.wake.set()
             except ProtocolError as exc:
                 await self.fail(exc)
 
+    def take(self, until: int) -> np.ndarray:
+        """The pending audio up to sample ``until`` (in ``queued`` samples); the rest stays pending."""
+        pcm = np.concatenate(self.pending) if self.pending else np.zeros(0, np.int16)
+        count = until - self.taken
+        self.pending = [pcm[count:]] if count < pcm.size else []
+        self.taken = until
+        return pcm[:count]
+
     async def process_loop(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            pcm = np.concatenate(self.pending) if self.pending else np.zeros(0, np.int16)
-            self.pending, self.pending_samples = [], 0
+            while self.turn_ends:  # each finalize with the audio that came before it, in order
+                await self.process(self.take(self.turn_ends[0]), finalize=True)
+                self.turn_ends.pop(0)
             stopping = self.stopped
+            pcm = self.take(self.queued)
             if stopping:
                 pcm = np.concatenate([pcm, self.session.decoder.flush()])
-            finalize, self.finalize = self.finalize or stopping, False
-            if pcm.size or finalize:
-                await self.process(pcm, finalize)
+            if pcm.size or stopping:
+                await self.process(pcm, finalize=stopping)
             if stopping:
                 if self.ending is not None:
                     await self.fail(self.ending)
@@ -200,3 +270,5 @@ class SocketStream:
             else:
                 self.metrics.partials.inc()
             await self.send(message.to_json())
+        # Nothing before the stream's window can end a later final: the clock forgets it.
+        self.clock.forget(session.state.audio_start)

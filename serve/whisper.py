@@ -87,6 +87,10 @@ class Whisper:
             DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in results
         ]
 
+    def ping(self) -> dict:
+        """What ``/healthz`` asks (directly and through the BufferManager): cheap, answered between batches."""
+        return {"model": self.engine.model_name, "device": self.engine.device}
+
     def info(self) -> dict:
         """Model facts and what batching did so far (tests and the bench read this)."""
         return {

@@ -50,10 +50,25 @@ def test_a_misspelt_ray_key_fails():
         ServeDeploySchema.model_validate(config)
 
 
-def test_args_validate_as_app_settings():
-    settings = AppSettings.model_validate(serve_yaml()["applications"][0]["args"])
+def written_values(args: dict, where: str = "") -> dict[str, object]:
+    """Every leaf value serve.yaml's args write, by dotted path."""
+    leaves: dict[str, object] = {}
+    for key, value in args.items():
+        if isinstance(value, dict) and value:
+            leaves.update(written_values(value, f"{where}{key}."))
+        else:
+            leaves[f"{where}{key}"] = value
+    return leaves
+
+
+def test_args_validate_as_app_settings_and_every_value_written_is_the_value_used():
+    args = serve_yaml()["applications"][0]["args"]
+    settings = AppSettings.model_validate(args)
     assert settings.engine.model == "bundled-tiny.en"
-    assert settings.batching.max_batch_size >= 1
+    # Nothing written in serve.yaml is dropped, defaulted, clamped or converted on the way in.
+    used = written_values(settings.model_dump(mode="json"))
+    written = written_values(args)
+    assert {path: used.get(path, "<missing>") for path in written} == written
 
 
 @pytest.mark.parametrize(
@@ -61,6 +76,9 @@ def test_args_validate_as_app_settings():
     [
         (("engine", "modle"), "x"),
         (("batching", "max_batch_size"), 0),
+        (("batching", "max_batch_size"), 257),
+        (("batching", "max_batch_size"), "sixteen"),
+        (("batching", "batch_wait_timeout_s"), -0.01),
         (("streaming", "vad", "threshold"), 1.5),
         (("limitz",), {}),
         (("placement", "whisper_gpus"), -1),

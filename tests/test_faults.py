@@ -11,10 +11,19 @@ import pytest
 import ray
 import websockets
 
-from serve.bench_metrics import pooled_wer
+from serve.bench.offline import OfflineTranscriber
+from serve.bench.scoring import pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio, to_int16
-from tests.conftest import actor_pid, check_errors, check_finals, replica_actors, wait_for
+from tests.conftest import (
+    actor_pid,
+    check_errors,
+    check_finals,
+    kill_when_busy,
+    ray_log_lines,
+    replica_actors,
+    wait_for,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -34,7 +43,7 @@ def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run,
     async def go():
         streaming = asyncio.create_task(stream_file(long_run.audio, service.ws, speed=long_run.speed))
         await asyncio.sleep(12)
-        killed = await asyncio.to_thread(kill_one, deployment)
+        killed = await kill_when_busy(deployment)  # mid-call: a fixed time may fall between two calls
         return killed, await streaming
 
     killed, result = asyncio.run(go())
@@ -45,6 +54,56 @@ def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run,
     assert not result.of_type("error")
     check_finals(result.finals, long_run.audio.size / 16_000)
     check_errors(long_run.item.text, result.text, undisturbed.text, f"{deployment} killed vs undisturbed")
+
+
+def test_whisper_down_through_the_buffer_managers_own_retry_does_not_end_the_stream(service, by_id):
+    """The BufferManager sends a decode lost with Whisper once more; when Whisper dies again under that second try,
+    the failure reaches the Ingress as the BufferManager's task error wrapping the ActorDiedError. The Ingress sends
+    the whole call again (its state travels with it) and the stream goes on."""
+    item = by_id["dagon-par1"]  # 34 s of continuous speech
+    audio = load_audio(item.path)
+    killed: list[str] = []
+    retry_line = ": BufferManager: replica unavailable (RayTaskError"  # what the Ingress logs when it sends a call again
+    retries_before = len(ray_log_lines(retry_line))
+
+    async def go():  # type: ignore[no-untyped-def]
+        streaming = asyncio.create_task(stream_file(audio, service.ws, speed=1.0))
+        await asyncio.sleep(5)
+        killed.append(await kill_when_busy("Whisper"))  # a decode in flight: the BufferManager retries it...
+        killed.append(await kill_when_busy("Whisper"))  # ...and the new replica dies under that retry
+        return await streaming
+
+    result = asyncio.run(go())
+    wait_for(lambda: service.health()[0] == 200, 180, "the service to be healthy again")
+    assert result.of_type("end") and result.close_code == 1000, result.messages[-3:]
+    assert not result.of_type("error")
+    check_finals(result.finals, audio.size / 16_000)
+    check_errors(item.text, result.text, OfflineTranscriber().transcribe(item.path), "Whisper killed twice vs offline")
+    # The second death did reach the Ingress, as the BufferManager's task error, and the Ingress sent the call again.
+    retried = wait_for(
+        lambda: ray_log_lines(retry_line)[retries_before:], 30, "the Ingress's retry of the call in its log"
+    )
+    print(f"killed Whisper {killed}; the Ingress logged: {retried[0][-150:]}")
+
+
+def test_healthz_says_unavailable_while_whisper_is_dead_and_ok_once_it_is_back(service, by_id):
+    """What a load balancer or a Kubernetes probe reads: whether a stream could be served now, not a cached answer."""
+    status, body = service.health()
+    assert status == 200 and body["status"] == "ok", body
+    killed = kill_one("Whisper")
+    began = time.monotonic()
+    status, body = service.health()
+    took = time.monotonic() - began
+    assert status == 503, (status, body)
+    assert body["status"] == "unavailable" and "Whisper" in body["reason"], body
+    assert took < 15, took  # within the probe's own timeout, not hung on the dead replica
+    print(f"/healthz {took:.1f} s after the kill: {status} {body}")
+    back = wait_for(lambda: (lambda h: h if h[0] == 200 else None)(service.health()), 180, "/healthz to say ok again")
+    assert back[1]["status"] == "ok" and back[1]["model"] == "tiny.en", back
+    assert replica_actors("Whisper")[0]._ray_actor_id.hex() != killed
+    # ok means ok: a stream is served right away.
+    result = asyncio.run(stream_file(load_audio(by_id["jfk"].path), service.ws, speed=4.0))
+    assert "what you can do for your country" in result.text.lower() and result.close_code == 1000
 
 
 def rss_mib(pids: dict[str, int]) -> dict[str, float]:

@@ -80,14 +80,24 @@ def test_pcm_frames_decode_to_16k_int16_or_fail_as_bad_audio(frames, encoding, r
 @example({"sample_rate": "1e309"})
 @example({"sample_rate": "-0"})
 @example({"language": "EN", "task": "translate"})
+@example({"language": "auto"})
+@example({"language": "Auto"})
+@example({"language": ""})
+@example({"language": " en"})
 def test_query_parameters_are_params_or_a_fatal_error(query):
     try:
         params = StreamParams.from_query(query, default_language="en", multilingual=False)
     except ProtocolError as exc:
         assert exc.fatal and (exc.code, exc.close_code) in {("bad_message", 1008), ("bad_audio", 1003)}
+        # Never a silent default: a language that is named but empty (or unknown) is refused.
+        if set(query) == {"language"} and query["language"].lower() not in ("en", "auto"):
+            assert exc.code == "bad_message" and "language" in exc.message, exc.message
     else:
-        assert 8_000 <= params.sample_rate <= 192_000 and params.language == "en"
+        assert 8_000 <= params.sample_rate <= 192_000
         assert set(query) <= KNOWN_PARAMS
+        # The language asked for (any case), or the default when none is named; an English-only model
+        # takes "en" and "auto" only.
+        assert params.language == query.get("language", "en").lower() and params.language in ("en", "auto")
 
 
 KEY = "k3y-for-fuzzing"

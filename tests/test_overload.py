@@ -1,16 +1,21 @@
-"""Past capacity: every stream keeps getting its finals with bounded lag; partial decodes are what gives."""
+"""Past capacity: every stream keeps getting its finals and does not fall further and further behind.
+
+What is asserted is the behaviour a client sees, not how the server got there: on this 2-core CPU partial decodes
+are shed to get it, on a GPU the same streams may never need to shed anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 
 import pytest
 
-from serve.bench_metrics import word_errors
+from serve.bench.offline import OfflineTranscriber
+from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from serve.offline import OfflineTranscriber
 from tests.conftest import check_finals
 
 pytestmark = pytest.mark.serve
@@ -18,9 +23,39 @@ pytestmark = pytest.mark.serve
 STREAMS = 8
 """About twice what this 2-core CPU keeps up with when every stream gets partials (README: overload)."""
 LONG_SPEECH = ["sonnet-001", "sonnet-002", "sonnet-003", "dagon-par1", "osr-us-000-0034", "ls-1272-128104-0004-8k"]
+GAP_MARGIN_S = 6.0
+"""Finals keep coming: while audio is being sent, no longer without one than a forced commit (max_buffer_s) plus
+this much queueing."""
+GROWTH_MARGIN_S = 4.0
+"""Lag stops growing: finals of the last third of a stream lag at most this much more than those of its middle
+third (a stream falling behind at a steady rate r loses r x a third of its length between the two)."""
 
 
-def test_twice_the_cpu_capacity_keeps_finals_coming_with_bounded_lag(service, by_id):
+def final_times(result, duration: float) -> tuple[list[float], list[tuple[float, float]]]:  # type: ignore[no-untyped-def]
+    """(arrival of every final, client clock; (audio end, lag) of every final), times in seconds of the file."""
+    arrivals, lags = [], []
+    for message, at in zip(result.messages, result.arrivals):
+        if message["type"] == "final":
+            arrivals.append(at)
+            lags.append((message["end"], at - message["end"]))
+    return arrivals, lags
+
+
+def longest_gap(arrivals: list[float], duration: float) -> float:
+    """The longest stretch without a final while the audio was being sent (from the first sample to the last)."""
+    marks = [0.0] + [t for t in arrivals if t < duration] + [duration]
+    return max(b - a for a, b in zip(marks, marks[1:]))
+
+
+def third_lags(lags: list[tuple[float, float]], duration: float) -> tuple[float, float]:
+    """Mean lag of the finals whose audio ends in the middle third of the file, and in the last third."""
+    middle = [lag for end, lag in lags if duration / 3 <= end < 2 * duration / 3]
+    last = [lag for end, lag in lags if end >= 2 * duration / 3]
+    assert middle and last, lags
+    return statistics.mean(middle), statistics.mean(last)
+
+
+def test_twice_the_cpu_capacity_keeps_finals_coming_and_lag_from_growing(service, by_id):
     clips = [by_id[LONG_SPEECH[i % len(LONG_SPEECH)]] for i in range(STREAMS)]
     audios = [load_audio(c.path) for c in clips]
     rng = random.Random(7)
@@ -37,23 +72,27 @@ def test_twice_the_cpu_capacity_keeps_finals_coming_with_bounded_lag(service, by
     results = asyncio.run(everyone())
     shed = service.summary()["whisper"]["partials_shed"] - shed_before
     offline = OfflineTranscriber()
-    report = []
+    report, failures = [], []
     for clip, audio, result in zip(clips, audios, results):
         duration = audio.size / 16_000
+        # Every stream ends normally, with its text.
         assert result.of_type("end") and result.close_code == 1000 and not result.of_type("error"), clip.id
         check_finals(result.finals, duration)
-        # Lag of each final: when it arrived minus when the end of its audio was sent (client clock).
-        lags = [at - m["end"] for m, at in zip(result.messages, result.arrivals) if m["type"] == "final"]
-        end_at = result.arrivals[result.messages.index(result.of_type("end")[0])]
+        arrivals, lags = final_times(result, duration)
+        gap = longest_gap(arrivals, duration)
+        middle, last = third_lags(lags, duration)
         streamed, reference = word_errors(clip.text, result.text), word_errors(clip.text, offline.transcribe(clip.path))
-        report.append((clip.id, round(max(lags), 1), round(end_at - duration, 1), round(streamed.wer, 3), round(reference.wer, 3)))
-        # Bounded: a word waits at most for its forced commit (max_buffer_s) plus the queue.
-        assert max(lags) <= max_buffer_s + 10, (clip.id, lags)
-        # Not growing: the last finals are no later than the first ones were allowed to be.
-        assert end_at - duration <= max_buffer_s + 10, (clip.id, end_at, duration)
+        report.append((clip.id, round(duration), len(arrivals), round(gap, 1), round(middle, 1), round(last, 1),
+                       round(streamed.wer, 3), round(reference.wer, 3)))
+        if gap > max_buffer_s + GAP_MARGIN_S:
+            failures.append(f"{clip.id}: {gap:.1f} s without a final while speech was sent")
+        if last > middle + GROWTH_MARGIN_S:
+            failures.append(f"{clip.id}: lag grew from {middle:.1f} s (middle third) to {last:.1f} s (last third)")
         # Complete: nothing committed was lost on the way (text is at most a little worse than offline).
-        assert streamed.wer <= reference.wer + 0.10, (clip.id, result.text)
-    print(f"{STREAMS} streams, {shed} partial decodes shed; (id, max final lag, end after audio, WER, offline WER):")
+        if streamed.wer > reference.wer + 0.10:
+            failures.append(f"{clip.id}: WER {streamed.wer:.3f} vs offline {reference.wer:.3f}: {result.text}")
+    print(f"{STREAMS} streams, {shed} partial decodes shed; "
+          "(id, seconds, finals, longest gap without a final, mean lag middle / last third, WER, offline WER):")
     for row in report:
         print("  ", row)
-    assert shed > 0, "the overload never reached Whisper's shedding: raise STREAMS for this machine"
+    assert not failures, failures

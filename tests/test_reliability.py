@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import websockets
 
+from serve.bench.eval_set import load_items
 from serve.client import stream_file
 from serve.core.audio import load_audio
 from serve.core.auth import key_digest
-from serve.eval_set import load_items
 from tests.conftest import check_errors, check_finals
 
 pytestmark = pytest.mark.serve
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.serve
 KEY = "test-key-7f3c9a1e5b"
 """Written to serve.yaml's args only as its digest: the test also checks Ray's logs never hold it."""
 ORIGIN = "http://captions.example"
-LIMITS = {"max_streams": 4, "idle_timeout_s": 3.0, "max_pending_seconds": 20.0}
+LIMITS = {"max_streams": 4, "idle_timeout_s": 3.0, "max_pending_seconds": 20.0, "max_streams_per_client": 1}
+"""With API keys there is no cap per client address: the streams of this module all come from 127.0.0.1."""
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +193,13 @@ TABLE: dict[str, tuple[Case, list[str], int]] = {
     "Inf sample": (sends(np.array([np.inf, 0.0], "<f4").tobytes()), ["bad_audio"], 1003),
     "binary frame over 1 MiB": (sends(b"\x00" * ((1 << 20) + 4)), ["too_large"], 1009),
     "text frame over 1 MiB": (sends(" " * ((1 << 20) + 1)), ["too_large"], 1009),
+    "text frame over 1 MiB in UTF-8, not in characters": (sends("\u20ac" * ((1 << 20) // 3 + 1)), ["too_large"], 1009),
     "sample_rate not a number": (refused("?sample_rate=abc"), ["bad_audio"], 1003),
     "sample_rate out of range": (refused("?sample_rate=5"), ["bad_audio"], 1003),
     "unknown encoding": (refused("?encoding=mp3"), ["bad_audio"], 1003),
     "unknown query parameter": (refused("?colour=blue"), ["bad_message"], 1008),
     "language the model lacks": (refused("?language=de"), ["bad_message"], 1008),
+    "empty language": (refused("?language="), ["bad_message"], 1008),
     "interim_results not a boolean": (refused("?interim_results=maybe"), ["bad_message"], 1008),
     "audio after stop": (audio_after_stop, ["bad_message"], 1000),
     "no API key": (refused(token=None), ["unauthorized"], 1008),
@@ -238,7 +241,7 @@ def test_every_bad_input_gets_its_error_while_a_healthy_stream_is_untouched(guar
     assert not problems, "\n".join(problems)
 
     # Refusals come before any audio is accepted: the error is the first message, no `ready`.
-    for name in ("no API key", "wrong API key", "origin not allowed", "one stream over max_streams", "unknown encoding"):
+    for name in ("no API key", "wrong API key", "origin not allowed", "one stream over max_streams", "unknown encoding", "empty language"):
         assert outcomes[name].types == ["error"], (name, outcomes[name].messages)  # type: ignore[union-attr]
     # Non-fatal errors leave the stream running to a normal end.
     for name in ("text not JSON (non-fatal)", "unknown message type (non-fatal)", "audio after stop"):

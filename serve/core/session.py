@@ -53,6 +53,8 @@ class StreamParams(BaseModel):
             code = CLOSE_UNSUPPORTED if where in ("sample_rate", "encoding") else CLOSE_POLICY
             error = "bad_audio" if code == CLOSE_UNSUPPORTED else "bad_message"
             raise ProtocolError(error, f"query parameter {where}: {problem['msg']}", code) from None
+        if params.language is not None and not params.language:
+            raise ProtocolError("bad_message", "query parameter language is empty; name one (or 'auto'), or leave it out", CLOSE_POLICY)
         language = (params.language or default_language).lower()
         if language != "auto" and language not in WHISPER_LANGUAGES:
             raise ProtocolError("bad_message", f"unknown language {language!r}", CLOSE_POLICY)
@@ -68,6 +70,8 @@ class Session:
     """One open stream on an Ingress replica."""
 
     params: StreamParams
+    client: str = ""
+    """The client's address as the Ingress saw it (for the per-address cap)."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     state: StreamState = field(init=False)
     decoder: PcmDecoder = field(init=False)

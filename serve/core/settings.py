@@ -57,6 +57,28 @@ class LimitOptions(BaseModel):
         30.0, ge=0.0, le=600.0,
         description="How long a stream's call is retried while a dead BufferManager replica is replaced.",
     )
+    max_streams_per_client: int = Field(
+        16, ge=0, le=100_000,
+        description="With no API keys (auth off): open streams per client address on one Ingress replica; one more "
+        "is refused with 'overloaded' and close 1013. 0: no cap. The address is the one Serve's proxy reports: the "
+        "TCP peer, or X-Forwarded-For from a proxy it trusts (README: security and limits).",
+    )
+    max_messages_per_s: float = Field(
+        200.0, ge=1.0, le=100_000.0,
+        description="WebSocket messages (audio frames and control messages) a stream may send per second, in bursts "
+        "of up to 5 s worth; beyond it: 'rate_limited' and close 1008.",
+    )
+    max_speed: float = Field(
+        4.0, ge=1.0, le=10_000.0,
+        description="Audio a stream may send, in times real time: at most speed_burst_s plus max_speed x the seconds "
+        "it has been open (a token bucket). Beyond it: 'rate_limited' and close 1008, so one fast sender cannot "
+        "take more than its share of the decoder.",
+    )
+    speed_burst_s: float = Field(
+        60.0, ge=1.0, le=3600.0,
+        description="Seconds of audio a stream may send ahead of max_speed (the bucket's size): a file sent at once, "
+        "or audio sent again after a reconnect.",
+    )
 
 
 class AuthOptions(BaseModel):
