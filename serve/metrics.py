@@ -9,13 +9,7 @@ answer "are we keeping up?".
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
-
 from ray.serve.metrics import Counter, Gauge, Histogram
-
-from serve.core.audio import SAMPLE_RATE
 
 LAG_BOUNDARIES_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0]
 DECODE_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
@@ -56,44 +50,3 @@ class WhisperMetrics:
         self.partials_shed = Counter(
             "asr_partials_shed", description="Partial decodes refused because the replica was behind."
         )
-
-
-class ArrivalClock:
-    """When each stretch of a stream's audio arrived, to measure a final's lag from its ``end``.
-
-    Bounded, however long the stream: frames that arrive within ``RESOLUTION_S`` of the stretch before share its
-    entry (a lag is then up to that much longer than exact), and the Ingress tells it, after every call, where
-    the stream's window starts (``forget``): no later final can end before it.
-    """
-
-    RESOLUTION_S = 0.1
-
-    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
-        self.samples = 0
-        self._now = now
-        self._arrivals: deque[tuple[int, float]] = deque()
-        """(samples received up to the end of a stretch, when its first frame arrived), oldest first."""
-
-    def __len__(self) -> int:
-        return len(self._arrivals)
-
-    def received(self, samples: int) -> None:
-        self.samples += samples
-        now = self._now()
-        if self._arrivals and now - self._arrivals[-1][1] < self.RESOLUTION_S:
-            self._arrivals[-1] = (self.samples, self._arrivals[-1][1])
-        else:
-            self._arrivals.append((self.samples, now))
-
-    def forget(self, before: int) -> None:
-        """Drop the stretches that end before sample ``before``: no final can end there any more."""
-        while len(self._arrivals) > 1 and self._arrivals[0][0] <= before:
-            self._arrivals.popleft()
-
-    def lag(self, end_s: float) -> float:
-        """Seconds since the audio holding stream time ``end_s`` arrived (older audio is forgotten)."""
-        end = round(end_s * SAMPLE_RATE)
-        while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
-            self._arrivals.popleft()
-        arrived = self._arrivals[0][1] if self._arrivals else self._now()
-        return max(self._now() - arrived, 0.0)

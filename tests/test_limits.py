@@ -20,9 +20,9 @@ import websockets
 
 from serve.bench.eval_set import load_items
 from serve.core.audio import SAMPLE_RATE, load_audio, to_int16
+from serve.core.protocol import ArrivalClock
 from serve.core.settings import LimitOptions
 from serve.core.stream import StreamState
-from serve.metrics import ArrivalClock
 from tests.conftest import replica_actors
 from tests.test_reliability import Outcome, drain, f32, speech
 
@@ -209,7 +209,7 @@ def test_arrival_clock_stays_small_over_30_minutes_of_non_speech(processor):
     noise = to_int16(_clip("noise-brown-15s"))
     frame = SAMPLE_RATE // 50
     now = [0.0]
-    clock = ArrivalClock(now=lambda: now[0])
+    clock = ArrivalClock()
     state = StreamState()
     sizes = []
     for second in range(30 * 60):
@@ -217,7 +217,7 @@ def test_arrival_clock_stays_small_over_30_minutes_of_non_speech(processor):
         pcm = noise[start : start + SAMPLE_RATE]
         for _ in range(0, SAMPLE_RATE, frame):
             now[0] += 0.02
-            clock.received(frame)
+            clock.received(frame, now[0])
         processor.push(state, pcm)
         assert processor.next_window(state) is None  # nothing to decode: the VAD hears no speech
         clock.forget(state.audio_start)
@@ -225,7 +225,7 @@ def test_arrival_clock_stays_small_over_30_minutes_of_non_speech(processor):
     assert max(sizes) <= 20, max(sizes)
     assert sizes[-1] <= sizes[60] + 2, (sizes[60], sizes[-1])  # flat, not growing
     # The newest audio's arrival is still known: a final ending now has a lag of (about) nothing.
-    assert clock.lag(state.received / SAMPLE_RATE) <= 0.2
+    assert clock.lag(state.received / SAMPLE_RATE, now[0]) <= 0.2
 
 
 def _clock_sizes() -> list[int]:
@@ -233,7 +233,7 @@ def _clock_sizes() -> list[int]:
     import ray
 
     def sizes(replica) -> list[int]:  # type: ignore[no-untyped-def]
-        from serve.metrics import ArrivalClock
+        from serve.core.protocol import ArrivalClock
 
         return [len(o._arrivals) for o in gc.get_objects() if isinstance(o, ArrivalClock)]
 
