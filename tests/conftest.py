@@ -12,6 +12,7 @@ import pytest
 from serve.bench.eval_set import EvalItem, eval_dir, load_items
 
 REPO = Path(__file__).resolve().parent.parent
+RAY_MARKERS = {"serve", "browser", "cluster"}
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +88,7 @@ class Service:
         """What `serve deploy` does with an edited serve.yaml: same app, new args."""
         from ray import serve
 
-        from serve.app import build_app
+        from serve.deploy.app import build_app
 
         serve.run(build_app(args), name="asr", route_prefix="/", blocking=False)
         self.args = args
@@ -112,7 +113,7 @@ def service():
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.deploy.app import build_app
 
     port = free_port()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
@@ -255,7 +256,11 @@ def actor_pid(actor) -> int:  # type: ignore[no-untyped-def]
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
 
 
-def pytest_collection_modifyitems(items: list) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The multi-node cluster tests run first: a process joins one Ray cluster at a time, and the
-    single-node ``service`` lives until the session ends once something has started it."""
+    single-node ``service`` lives until the session ends once something has started it. Every test that starts
+    no Ray is marked ``inprocess``: ``pytest -m inprocess`` runs them alone, quickly."""
     items.sort(key=lambda item: item.path.name != "test_cluster.py")
+    for item in items:
+        if not RAY_MARKERS & {mark.name for mark in item.iter_markers()}:
+            item.add_marker(pytest.mark.inprocess)

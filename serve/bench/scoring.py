@@ -1,7 +1,7 @@
 """The load benchmark's arithmetic: text normalization and WER, lags, keep-up, capacity.
 
 Pure functions over plain values — no sockets, files or clocks — so every rule the
-benchmark reports by is unit-tested (tests/test_bench_scoring.py) and reusable:
+benchmark reports by is unit-tested (tests/bench/test_bench_scoring.py) and reusable:
 ``from serve.bench.scoring import normalize_text, wer``.
 
 Times: ``arrival`` is when a message came in on the client's clock (``serve.client`` counts

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve.core.audio import SAMPLE_RATE, to_float32
 from serve.core.models import BUNDLED, resolve_model
-from serve.core.words import Word, join_words
+from serve.core.words import Word
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +91,47 @@ class DecodeResult:
     dropped: str | None = None
     """Why the text was dropped (silence, repetition), if it was."""
 
-    @property
-    def text(self) -> str:
-        return join_words(self.words)
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """One item's failure, returned in its place so the rest of the batch succeeds."""
+
+    kind: str
+    message: str
 
 
-@dataclass
+@dataclass(frozen=True)
+class Shed:
+    """An optional (partial) decode refused because the decoder is behind."""
+
+
+@dataclass(frozen=True)
 class BatchStats:
-    """What the last batched call did, for metrics and tests."""
+    """What one batched call did, for metrics and tests."""
 
     size: int = 0
+    """Items decoded (empty windows and items that failed to prepare are not)."""
     seconds: float = 0.0
     engine_calls: int = 0
+    """Batched engine calls made: one per input shape, more only when a batch failed and was decoded item by item."""
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The results of one batched call, by position (an item that failed gets its exception), and its stats."""
+
+    results: list[DecodeResult | Exception]
+    stats: BatchStats
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a loaded model is and does: shown to clients (``ready``), checked by the edge (languages)."""
+
+    model: str
+    device: str
+    compute_type: str
+    multilingual: bool
 
 
 def _auto_device(device: str) -> str:
@@ -134,17 +163,17 @@ class BatchedWhisper:
             cpu_threads=self.options.cpu_threads,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
-        self.stats = BatchStats()
+        self.facts = ModelFacts(self.model_name, self.device, self.compute_type, self.multilingual)
         self._tokenizers: dict[tuple[str, str], object] = {}
 
     # -- public ---------------------------------------------------------------
     def transcribe(self, request: DecodeRequest) -> DecodeResult:
-        result = self.transcribe_batch([request])[0]
+        result = self.transcribe_batch([request]).results[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult | Exception]:
+    def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> DecodedBatch:
         """Decode every request in one engine call; a bad item gets its exception back."""
         started = time.perf_counter()
         results: list[DecodeResult | Exception | None] = [None] * len(requests)
@@ -174,10 +203,10 @@ class BatchedWhisper:
                         results[item.index] = self._decode([item])[0][0]
                     except Exception as exc:
                         results[item.index] = exc
-        stats = self.stats
-        stats.size, stats.engine_calls = len(prepared), calls
-        stats.seconds = time.perf_counter() - started
-        return [r if r is not None else RuntimeError("no result") for r in results]
+        return DecodedBatch(
+            [r if r is not None else RuntimeError("no result") for r in results],
+            BatchStats(len(prepared), time.perf_counter() - started, calls),
+        )
 
     # -- internals ------------------------------------------------------------
     def _tokenizer(self, language: str, task: str):  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@
 In the style of websockets' ``Protocol``: the socket layer feeds it what the client sent (``receive``) and the
 passing of time (``expire``), asks it for the next call to make (``next_call``), hands it each call's result
 (``deliver``) and, once it is ``done``, sends what ``finish`` gives. It never awaits, never touches a socket and
-takes the clock as an argument, so every rule is tested in-process, exactly (tests/test_protocol.py).
+takes the clock as an argument, so every rule is tested in-process, exactly (tests/core/test_protocol.py).
 
 The rules (README "Protocol v1", "Security and limits"):
 - binary frames are PCM; text frames are JSON control messages (``finalize``, ``stop``);

@@ -87,10 +87,6 @@ class VadState:
     """The latest pause inside speech: its last voiced sample + ``speech_pad_ms``, set once the silence after that
     sample is ``speech_pad_ms`` long (so audio up to it holds no speech after the pause began)."""
 
-    @property
-    def scored_until(self) -> int:
-        return self.frames * FRAME
-
 
 class SileroVad:
     """Scores 32 ms frames with the bundled Silero model; holds no per-stream state."""

@@ -28,7 +28,7 @@ from playwright.sync_api import sync_playwright
 
 pytestmark = [pytest.mark.browser, pytest.mark.serve]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVAL_DIR = Path(os.environ.get("ASR_EVAL_DIR", ROOT.parent / "shared" / "eval"))
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshot is refreshed with ASR_SCREENSHOT=1; otherwise it goes to a temp file.

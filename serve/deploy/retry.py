@@ -1,4 +1,4 @@
-"""Which failures of a call mean "the replica died", and how long to keep retrying one."""
+"""Calls between deployments: which failures mean "the replica died", how long to retry one, and timeouts."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.handle import DeploymentResponse
 
 log = logging.getLogger("ray.serve")
 
@@ -61,3 +62,16 @@ async def retry_dead_replica(
             log.warning("%s: replica unavailable (%s); retry %d in %.2f s", what, type(exc).__name__, attempt, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 4.0)
+
+
+async def answer_within(response: DeploymentResponse, timeout_s: float) -> Any:
+    """A handle call's result; TimeoutError (and the call cancelled) when it takes longer than ``timeout_s``."""
+
+    async def result() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise

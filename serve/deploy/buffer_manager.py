@@ -9,11 +9,10 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.core.engine import DecodeRequest, DecodeResult
+from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, ModelFacts, Shed
 from serve.core.messages import Final, Partial
 from serve.core.stream import CallSteps, DecodeJob, StreamingOptions, StreamProcessor, StreamState
-from serve.faults import retry_dead_replica
-from serve.whisper import DecodeFailure, Shed
+from serve.deploy.retry import answer_within, retry_dead_replica
 
 WHISPER_RETRY_S = 30.0
 """How long a decode waits for a dead Whisper replica to be replaced (it is retried once)."""
@@ -21,6 +20,10 @@ WHISPER_RETRY_S = 30.0
 
 class DecodeError(RuntimeError):
     """Whisper could not decode this stream's window."""
+
+
+class Unavailable(RuntimeError):
+    """Whisper did not answer a health check."""
 
 
 @dataclass
@@ -40,9 +43,19 @@ class BufferManager:
         if config:
             self.processor.options = StreamingOptions.model_validate(config)
 
-    async def ping(self) -> dict:
-        """``/healthz`` through this replica: answers once Whisper does, so the path of a stream's call is checked."""
-        return await self.whisper.ping.remote()
+    async def ping(self, timeout_s: float) -> ModelFacts:
+        """``/healthz`` through this replica: the model's facts once Whisper answers, so the path of a stream's call
+        is checked; a clear ``Unavailable`` when Whisper does not answer within ``timeout_s``."""
+        try:
+            return await answer_within(self.whisper.ping.remote(), timeout_s)
+        except TimeoutError:
+            raise Unavailable(f"Whisper: no answer within {timeout_s:g} s") from None
+        except Exception as exc:
+            raise Unavailable(f"Whisper: {type(exc).__name__}") from None
+
+    async def whisper_info(self) -> dict:
+        """What the Whisper replica answering this call has done (``/metrics/summary``)."""
+        return await self.whisper.info.remote()
 
     async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
         """Merge ``pcm`` into the stream, run the VAD and decode every window the core asks for.

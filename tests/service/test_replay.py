@@ -5,7 +5,7 @@ file decode different windows and their texts differ by a few words (conftest.TI
 tests in test_faults.py must allow that spread, which would hide a lost one- or two-word final. Here the chunking
 is fixed: the same 1 s chunks go through the BufferManager's own Serve handle in order, the state carried from one
 call to the next as the Ingress carries it, and a call lost with a replica is sent again as the Ingress sends it
-(serve.faults.retry_dead_replica). A retry repeats the exact call, so a disturbed run must give exactly the
+(serve.deploy.retry.retry_dead_replica). A retry repeats the exact call, so a disturbed run must give exactly the
 messages of the undisturbed one.
 """
 
@@ -21,7 +21,7 @@ from ray import serve
 
 from serve.core.audio import load_audio, to_int16
 from serve.core.stream import StreamState
-from serve.faults import retry_dead_replica
+from serve.deploy.retry import retry_dead_replica
 from tests.conftest import Service, check_finals, kill_when_busy, wait_for
 
 pytestmark = pytest.mark.serve

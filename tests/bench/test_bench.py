@@ -138,7 +138,7 @@ def details(*apps):
         "applications": {
             name: {
                 "route_prefix": prefix,
-                "deployed_app_config": {"name": name, "route_prefix": prefix, "import_path": "serve.app:build_app",
+                "deployed_app_config": {"name": name, "route_prefix": prefix, "import_path": "serve.deploy.app:build_app",
                                         "args": {"batching": {"max_batch_size": 16}, "engine": {"beam_size": 1}}}
                 if declared else None,
             }

@@ -37,7 +37,7 @@ def test_serve_yaml_matches_rays_schema():
     assert unknown_keys(serve_yaml()) == []
     config = ServeDeploySchema.model_validate(serve_yaml())
     app = config.applications[0]
-    assert app.route_prefix == "/" and app.import_path == "serve.app:build_app"
+    assert app.route_prefix == "/" and app.import_path == "serve.deploy.app:build_app"
     assert {d.name for d in app.deployments} == {"Ingress", "BufferManager", "Whisper"}
 
 
@@ -109,8 +109,8 @@ def test_every_deployment_autoscales_within_its_request_cap():
 
 
 def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
-    from serve.app import HIDE_GPUS, whisper_actor_options
     from serve.core.settings import PlacementOptions
+    from serve.deploy.app import HIDE_GPUS, whisper_actor_options
 
     # ray_actor_options written in serve.yaml would replace what args.placement sets.
     assert "ray_actor_options" not in deployments()["Whisper"]

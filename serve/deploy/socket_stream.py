@@ -17,8 +17,8 @@ from serve.core.messages import End, Error, Final
 from serve.core.protocol import Call, StreamProtocol
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
-from serve.faults import dead_replica, retry_dead_replica
-from serve.metrics import IngressMetrics
+from serve.deploy.metrics import IngressMetrics
+from serve.deploy.retry import dead_replica, retry_dead_replica
 
 log = logging.getLogger("ray.serve")
 

@@ -14,7 +14,7 @@ Both nodes run on this one host, so only what must differ here is changed, each 
   is a free port (another test run may hold 8000);
 - ``ray start`` lines get ``--port``/``--dashboard-port``/``--ray-client-server-port`` (head) and
   ``--dashboard-agent-listen-port`` (each node) set to free ports, and the worker's proxy its own HTTP port
-  (``RAY_SERVE_WORKER_PROXY_HTTP_PORT``, what ``tests/test_cluster.py`` does too): Ray's defaults would collide;
+  (``RAY_SERVE_WORKER_PROXY_HTTP_PORT``, what ``tests/cluster/test_cluster.py`` does too): Ray's defaults would collide;
 - ``RAY_TMPDIR`` is a fresh short directory, so these nodes share no session, socket or lock with any other
   Ray on the host; ``RAY_USAGE_STATS_ENABLED=0`` keeps CI offline.
 

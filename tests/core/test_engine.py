@@ -50,10 +50,11 @@ def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest
     requests = [DecodeRequest(load_audio(item.path)) for item in clips]
     singles = [engine.transcribe(r) for r in requests]
     with counting(engine) as calls:
-        batched = engine.transcribe_batch(requests)
+        batch = engine.transcribe_batch(requests)
+    batched = batch.results
     # ONE encode, ONE generate and ONE align into CTranslate2 for the eight windows: a loop would make eight.
     assert calls == {"encode": 1, "generate": 1, "align": 1}, calls
-    assert engine.stats.engine_calls == 1 and engine.stats.size == 8
+    assert batch.stats.engine_calls == 1 and batch.stats.size == 8
     for single, batch in zip(singles, batched):
         assert not isinstance(batch, Exception)
         assert _words(batch) == _words(single)
@@ -70,10 +71,11 @@ def test_words_do_not_depend_on_what_a_window_is_batched_with(engine, manifest):
     requests = [DecodeRequest(window)] + [DecodeRequest(load_audio(item.path)) for item in short]
     singles = [engine.transcribe(r) for r in requests]
     with counting(engine) as calls:
-        batched = engine.transcribe_batch(requests)
+        batch = engine.transcribe_batch(requests)
+    batched = batch.results
     # One call per shape into CTranslate2 itself: the three short windows share theirs.
     assert calls == {"encode": 2, "generate": 2, "align": 2}, calls
-    assert engine.stats.engine_calls == 2 and engine.stats.size == 4
+    assert batch.stats.engine_calls == 2 and batch.stats.size == 4
     for single, batch in zip(singles, batched):
         assert not isinstance(batch, Exception)
         assert _words(batch) == _words(single) and len(_words(batch)) >= 3
@@ -83,7 +85,9 @@ def test_words_do_not_depend_on_what_a_window_is_batched_with(engine, manifest):
 
 def test_each_item_keeps_its_own_prompt(engine, by_id):
     audio = load_audio(by_id["ls-1089-134691-0000"].path)
-    plain, prompted = engine.transcribe_batch([DecodeRequest(audio), DecodeRequest(audio, prompt="For a full hour he had paced up and down.")])
+    plain, prompted = engine.transcribe_batch(
+        [DecodeRequest(audio), DecodeRequest(audio, prompt="For a full hour he had paced up and down.")]
+    ).results
     assert _words(plain) == _words(engine.transcribe(DecodeRequest(audio)))
     assert _words(prompted) == _words(engine.transcribe(DecodeRequest(audio, prompt="For a full hour he had paced up and down.")))
 
@@ -96,7 +100,7 @@ def test_a_bad_item_fails_alone(engine, by_id):
         DecodeRequest(good, language="de"),  # tiny.en is English-only
         DecodeRequest(np.zeros(0, np.float32)),
     ]
-    results = engine.transcribe_batch(requests)
+    results = engine.transcribe_batch(requests).results
     assert "ask not what your country" in " ".join(_words(results[0]))
     assert isinstance(results[1], ValueError) and "30 s" in str(results[1])
     assert isinstance(results[2], ValueError) and "English-only" in str(results[2])

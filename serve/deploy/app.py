@@ -1,7 +1,7 @@
 """The application graph: Ingress -> BufferManager -> Whisper, built from validated args.
 
     serve run serve.yaml              # serve.yaml's args go through build_app
-    serve run serve.app:app           # all defaults
+    serve run serve.deploy.app:app           # all defaults
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import ray
 from ray.serve import Application
 
-from serve.buffer_manager import BufferManager
 from serve.core.auth import hashed
 from serve.core.settings import AppSettings, IngressOptions, PlacementOptions
-from serve.ingress import Ingress
-from serve.whisper import Whisper
+from serve.deploy.buffer_manager import BufferManager
+from serve.deploy.ingress import Ingress
+from serve.deploy.whisper import Whisper
 
 HIDE_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
 """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a replica with no GPU, so it would see (and a library
@@ -55,7 +55,7 @@ def build_app(args: dict[str, Any]) -> Application:
     return Ingress.options(
         user_config=ingress.model_dump(mode="json"),
         ray_actor_options=actor_options(num_cpus=0.25),
-    ).bind(buffer_manager, whisper, settings.default_language)
+    ).bind(buffer_manager, settings.default_language)
 
 
 app = build_app({})

@@ -6,30 +6,25 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict
 
 import ray
 from ray import serve
 
-from serve.core.engine import BatchedWhisper, DecodeRequest, DecodeResult, EngineOptions
+from serve.core.engine import (
+    BatchedWhisper,
+    DecodeFailure,
+    DecodeRequest,
+    DecodeResult,
+    EngineOptions,
+    ModelFacts,
+    Shed,
+)
 from serve.core.settings import BatchOptions
 from serve.core.shedding import PartialShedder
-from serve.metrics import WhisperMetrics
+from serve.deploy.metrics import WhisperMetrics
 
 log = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class DecodeFailure:
-    """One item's failure, returned in its place so the rest of the batch succeeds."""
-
-    kind: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Shed:
-    """An optional (partial) decode refused because the replica is behind."""
 
 
 @serve.deployment(name="Whisper", max_ongoing_requests=256)
@@ -42,7 +37,7 @@ class Whisper:
         self.shed = 0
         self.metrics = WhisperMetrics()
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it assigned this replica, so the engine's device index 0
-        # is the assigned GPU; with no GPU assigned the replica sees none (serve.app.HIDE_GPUS) and runs on CPU.
+        # is the assigned GPU; with no GPU assigned the replica sees none (serve.deploy.app.HIDE_GPUS) and runs on CPU.
         self.placement = {
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -76,28 +71,23 @@ class Whisper:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def decode_batch(self, requests: list[DecodeRequest]) -> list[DecodeResult | DecodeFailure]:
         # The engine call blocks for the whole batch: keep it off the replica's event loop.
-        results = await asyncio.to_thread(self.engine.transcribe_batch, requests)
+        batch = await asyncio.to_thread(self.engine.transcribe_batch, requests)
         self.batch_sizes[len(requests)] += 1
-        self.decode_seconds += self.engine.stats.seconds
-        self.shedder.record(len(requests), self.engine.stats.seconds)
+        self.decode_seconds += batch.stats.seconds
+        self.shedder.record(len(requests), batch.stats.seconds)
         self.metrics.batch_size.observe(len(requests))
-        self.metrics.decode_seconds.observe(self.engine.stats.seconds)
+        self.metrics.decode_seconds.observe(batch.stats.seconds)
         self.metrics.windows.inc(len(requests))
-        return [
-            DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in results
-        ]
+        return [DecodeFailure(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in batch.results]
 
-    def ping(self) -> dict:
-        """What ``/healthz`` asks (directly and through the BufferManager): cheap, answered between batches."""
-        return {"model": self.engine.model_name, "device": self.engine.device}
+    def ping(self) -> ModelFacts:
+        """What ``/healthz`` asks through the BufferManager: cheap, answered between batches."""
+        return self.engine.facts
 
     def info(self) -> dict:
-        """Model facts and what batching did so far (tests and the bench read this)."""
+        """The model's facts, where it runs and what batching did so far (``/metrics/summary``, tests, the bench)."""
         return {
-            "model": self.engine.model_name,
-            "device": self.engine.device,
-            "compute_type": self.engine.compute_type,
-            "multilingual": self.engine.multilingual,
+            **asdict(self.engine.facts),
             "max_batch_size": self.decode_batch._get_max_batch_size(),
             "batch_wait_timeout_s": self.decode_batch._get_batch_wait_timeout_s(),
             "batch_sizes": dict(self.batch_sizes),

@@ -1,4 +1,4 @@
-"""Which failures a stream's call is sent again for (serve.faults), on Ray's own exception objects; no cluster.
+"""Which failures a stream's call is sent again for (serve.deploy.retry), on Ray's own exception objects; no cluster.
 
 The real kills are in test_faults.py and test_replay.py; this pins the classification those rely on, including
 the form Ray falls back to when it cannot make a task error an instance of its cause.
@@ -11,8 +11,8 @@ import asyncio
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-from serve.buffer_manager import DecodeError
-from serve.faults import dead_replica, retry_dead_replica
+from serve.deploy.buffer_manager import DecodeError
+from serve.deploy.retry import dead_replica, retry_dead_replica
 
 
 def task_error(cause: BaseException) -> RayTaskError:

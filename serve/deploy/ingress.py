@@ -1,6 +1,5 @@
 """The Ingress deployment: holds the WebSocket sessions, speaks protocol v1."""
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -8,19 +7,23 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
+from serve.core.audio import SAMPLE_RATE
 from serve.core.auth import Gate
+from serve.core.engine import ModelFacts
 from serve.core.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError
 from serve.core.messages import Ready
 from serve.core.session import Session, StreamParams
 from serve.core.settings import IngressOptions
-from serve.metrics import IngressMetrics
-from serve.socket_stream import SocketStream, StreamClosed, send_error
+from serve.deploy.buffer_manager import Unavailable
+from serve.deploy.metrics import IngressMetrics
+from serve.deploy.retry import answer_within
+from serve.deploy.socket_stream import SocketStream, StreamClosed, send_error
 
 log = logging.getLogger("ray.serve")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
 app = FastAPI(title="Real-time speech recognition", version="1")
 
@@ -28,28 +31,14 @@ HEALTH_TIMEOUT_S = 5.0
 """How long ``/healthz`` waits for the BufferManager and Whisper before it reports the service unavailable."""
 
 
-async def answer_within(response: DeploymentResponse, timeout_s: float) -> Any:
-    """A handle call's result; TimeoutError (and the call cancelled) when it takes longer than ``timeout_s``."""
-
-    async def result() -> Any:
-        return await response
-
-    try:
-        return await asyncio.wait_for(result(), timeout_s)
-    except TimeoutError:
-        response.cancel()
-        raise
-
-
 @serve.deployment(name="Ingress", max_ongoing_requests=1000)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, buffer_manager: DeploymentHandle, whisper: DeploymentHandle, default_language: str = "en") -> None:
+    def __init__(self, buffer_manager: DeploymentHandle, default_language: str = "en") -> None:
         self.buffer_manager = buffer_manager
-        self.whisper = whisper
         self.default_language = default_language
         self.sessions: dict[str, Session] = {}
-        self._model: dict | None = None
+        self._facts: ModelFacts | None = None
         self.metrics = IngressMetrics()
         self.metrics.open_streams.set(0)
         self.reconfigure({})
@@ -60,33 +49,28 @@ class Ingress:
         self.limits = options.limits
         self.gate = Gate(options.auth)
 
-    async def model_info(self) -> dict:
-        if self._model is None:
-            self._model = await self.whisper.info.remote()
-        return self._model
+    async def model_facts(self) -> ModelFacts:
+        """The served model's facts, asked once (through the BufferManager, which asks Whisper)."""
+        if self._facts is None:
+            self._facts = await self.buffer_manager.ping.remote(HEALTH_TIMEOUT_S)
+        return self._facts
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when a stream could be served now: Whisper and the BufferManager both answer within
-        HEALTH_TIMEOUT_S (the BufferManager's ping goes on to Whisper, the path of a stream's call). Else 503 with
-        the reason, while Serve replaces a dead replica. Open to probes: no key, no placement details."""
-        probes = {"Whisper": self.whisper.ping.remote(), "BufferManager": self.buffer_manager.ping.remote()}
-        answers = await asyncio.gather(
-            *(answer_within(response, HEALTH_TIMEOUT_S) for response in probes.values()), return_exceptions=True
-        )
-        problems = [
-            f"{name}: no answer within {HEALTH_TIMEOUT_S:g} s" if isinstance(answer, TimeoutError)
-            else f"{name}: {type(answer).__name__}"
-            for name, answer in zip(probes, answers)
-            if isinstance(answer, BaseException)
-        ]
-        if problems:
-            log.warning("healthz: unavailable (%s)", "; ".join(problems))
-            return JSONResponse(
-                {"status": "unavailable", "reason": "; ".join(problems), "streams": len(self.sessions)}, status_code=503
-            )
-        info = answers[0]
-        return JSONResponse({"status": "ok", "model": info["model"], "device": info["device"], "streams": len(self.sessions)})
+        """200 when a stream could be served now: the BufferManager answers within HEALTH_TIMEOUT_S, once Whisper
+        has answered it (the path of a stream's call). Else 503 with the reason, while Serve replaces a dead
+        replica. Open to probes: no key, no placement details."""
+        try:
+            facts = await answer_within(self.buffer_manager.ping.remote(0.8 * HEALTH_TIMEOUT_S), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            reason = f"BufferManager: no answer within {HEALTH_TIMEOUT_S:g} s"
+        except Exception as exc:  # a RayTaskError carries the BufferManager's own reason (Whisper's state)
+            cause = getattr(exc, "cause", None) or exc
+            reason = str(cause) if isinstance(cause, Unavailable) else f"BufferManager: {type(cause).__name__}"
+        else:
+            return JSONResponse({"status": "ok", "model": facts.model, "device": facts.device, "streams": len(self.sessions)})
+        log.warning("healthz: unavailable (%s)", reason)
+        return JSONResponse({"status": "unavailable", "reason": reason, "streams": len(self.sessions)}, status_code=503)
 
     @app.get("/metrics/summary")
     async def summary(self, request: Request) -> Any:
@@ -100,7 +84,7 @@ class Ingress:
                 {"code": exc.code, "message": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
             )
         return {
-            "whisper": await self.whisper.info.remote(),
+            "whisper": await self.buffer_manager.whisper_info.remote(),
             "ingress": {"open_streams": len(self.sessions), "max_streams": self.limits.max_streams},
         }
 
@@ -124,11 +108,11 @@ class Ingress:
             return False
         return True
 
-    def open_session(self, ws: WebSocket, info: dict) -> Session:
+    def open_session(self, ws: WebSocket, facts: ModelFacts) -> Session:
         """Check who is asking, what they ask for and whether there is room; raises a fatal ProtocolError."""
         self.gate.check(ws.headers, ws.query_params)
         params = StreamParams.from_query(
-            ws.query_params, default_language=self.default_language, multilingual=info["multilingual"]
+            ws.query_params, default_language=self.default_language, multilingual=facts.multilingual
         )
         if len(self.sessions) >= self.limits.max_streams:
             raise ProtocolError(
@@ -154,9 +138,9 @@ class Ingress:
         await ws.accept()
         session: Session | None = None
         try:
-            info = await self.model_info()
-            session = self.open_session(ws, info)
-            await ws.send_text(Ready(session=session.id, model=info["model"], sample_rate=16_000).to_json())
+            facts = await self.model_facts()
+            session = self.open_session(ws, facts)
+            await ws.send_text(Ready(session=session.id, model=facts.model, sample_rate=SAMPLE_RATE).to_json())
             self.metrics.streams.inc()
             await SocketStream(ws, session, self.buffer_manager, self.limits, self.metrics).run()
         except ProtocolError as exc:  # refused before any audio was accepted

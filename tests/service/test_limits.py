@@ -24,7 +24,7 @@ from serve.core.protocol import ArrivalClock
 from serve.core.settings import LimitOptions
 from serve.core.stream import StreamState
 from tests.conftest import replica_actors
-from tests.test_reliability import Outcome, drain, f32, speech
+from tests.service.test_reliability import Outcome, drain, f32, speech
 
 LIMITS = {"idle_timeout_s": 2.0, "max_streams_per_client": 2, "speed_burst_s": 10.0}
 """Small enough to reach in seconds; max_speed (4x) and max_messages_per_s (200) keep their defaults."""
