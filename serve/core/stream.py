@@ -23,6 +23,9 @@ final waits for the endpoint alone, not for a decode after it. Once ``pause_comm
 speech waits uncommitted, such a pause commits everything before it, and a forced window
 reaches the audio just received.
 Finals are never revised, never overlap and their timestamps only increase.
+
+(Over 500 lines on purpose: the rules above share one state and are read together; split, each part would need
+the others to be understood.)
 """
 
 from __future__ import annotations
