@@ -28,6 +28,11 @@ class BatchOptions(BaseModel):
         description="When a new request would wait longer than this, partial (tentative) decodes are refused; "
         "final ones always run. Keeps finals coming when decoding falls behind.",
     )
+    eager_wait_s: float = Field(
+        0.25, ge=0.0, le=60.0,
+        description="An eager decode (a partial sooner than min_step_s) is taken only while a new request would wait "
+        "at most this long: when the replica has room. Otherwise that audio joins the stream's next decode.",
+    )
 
 
 class LimitOptions(BaseModel):

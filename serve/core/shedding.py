@@ -10,8 +10,9 @@ class PartialShedder:
     (seconds of a batch over its size: small on a GPU that batches, about a decode on a CPU).
     """
 
-    def __init__(self, max_wait_s: float, smoothing: float = 0.2) -> None:
+    def __init__(self, max_wait_s: float, eager_wait_s: float = 0.25, smoothing: float = 0.2) -> None:
         self.max_wait_s = max_wait_s
+        self.eager_wait_s = eager_wait_s
         self.smoothing = smoothing
         self.seconds_per_item = 0.0
         self.queued = 0
@@ -30,6 +31,9 @@ class PartialShedder:
     def expected_wait_s(self) -> float:
         return self.queued * self.seconds_per_item
 
-    def admit(self, optional: bool) -> bool:
-        """Whether to take a request now; required ones always are."""
-        return not optional or self.expected_wait_s <= self.max_wait_s
+    def admit(self, optional: bool, eager: bool = False) -> bool:
+        """Whether to take a request now: required ones always; eager ones only while the wait is short (the
+        replica has room: idle on a CPU, a batch not yet full on a GPU), other optional ones up to ``max_wait_s``."""
+        if not optional:
+            return True
+        return self.expected_wait_s <= (min(self.eager_wait_s, self.max_wait_s) if eager else self.max_wait_s)

@@ -60,7 +60,15 @@ class StreamingOptions(BaseModel):
 
     vad: VadOptions = Field(default_factory=VadOptions)
     min_step_s: float = Field(
-        1.5, ge=0.1, le=10.0, description="New voiced audio needed before the window is decoded again (partials)."
+        1.5, ge=0.1, le=10.0,
+        description="New voiced audio needed before the window is decoded again for agreement (a partial decode "
+        "whose words may become final); two such decodes at least this far apart must agree.",
+    )
+    eager_step_s: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="New voiced audio after which the window is decoded sooner, when the decoder has room: an eager "
+        "decode, shown as a partial at once and never used for agreement, so it changes when words are first seen "
+        "but not which words become final. Shed first under load, so the step grows with load by itself. 0: off.",
     )
     max_buffer_s: float = Field(
         15.0, ge=3.0, le=29.0, description="Uncommitted audio is force-committed before it grows past this."
@@ -105,6 +113,9 @@ class StreamingOptions(BaseModel):
 class WindowKind(str, Enum):
     PARTIAL = "partial"
     """Decode the live window; commit what two consecutive decodes agree on."""
+    EAGER = "eager"
+    """Decode the live window sooner than ``min_step_s``, when the decoder has room: a partial to show, nothing
+    committed, not compared for agreement."""
     FINAL = "final"
     """The speaker paused (or finalize): commit every word of the window."""
     FORCE = "force"
@@ -147,6 +158,9 @@ class StreamState:
     prompt: str = ""
     last_final_end: float = 0.0
     decoded_until: int = 0
+    """End sample of the last decode that counts for agreement (any kind but ``eager``)."""
+    eager_until: int = 0
+    """End sample of the last eager decode."""
     heard_until: int = 0
     """End sample of the window whose decode gave ``hypothesis``."""
     pause_decoded: int = 0
@@ -183,8 +197,13 @@ class DecodeJob:
 
     @property
     def optional(self) -> bool:
-        """A partial decode: tentative text, which a busy decoder may refuse (shed)."""
-        return self.window.kind is WindowKind.PARTIAL
+        """A partial or eager decode: tentative text, which a busy decoder may refuse (shed)."""
+        return self.window.kind in (WindowKind.PARTIAL, WindowKind.EAGER)
+
+    @property
+    def eager(self) -> bool:
+        """Wanted only if the decoder has room now: shed before any other."""
+        return self.window.kind is WindowKind.EAGER
 
 
 CallSteps = Generator[DecodeJob, DecodeResult | None, list[Message]]
@@ -236,8 +255,9 @@ class StreamProcessor:
         self._trim(state, state.received - self.options.vad.pad_samples)
 
     # -- what to decode -------------------------------------------------------
-    def next_window(self, state: StreamState, partials: bool = True) -> Window | None:
-        """The next window due for decoding; with ``partials=False`` only final and forced ones."""
+    def next_window(self, state: StreamState, partials: bool = True, eager: bool = True) -> Window | None:
+        """The next window due for decoding; with ``partials=False`` only final and forced ones, with ``eager=False``
+        no eager ones."""
         opts = self.options
         bound = int(opts.max_buffer_s * SAMPLE_RATE)
         if state.closed:
@@ -252,9 +272,14 @@ class StreamProcessor:
             return Window(WindowKind.FORCE, state.audio_start, end)
         if not opts.commit_on_agreement and (pause := self._pause_due(state, open_segment)) is not None:
             return Window(WindowKind.PAUSE, state.audio_start, pause)
+        if not partials:
+            return None
         fresh = state.received - max(state.decoded_until, open_segment.start)
-        if partials and fresh >= opts.min_step_s * SAMPLE_RATE:
+        if fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
+        unseen = state.received - max(state.decoded_until, state.eager_until, open_segment.start)
+        if eager and opts.eager_step_s and unseen >= opts.eager_step_s * SAMPLE_RATE:
+            return Window(WindowKind.EAGER, state.audio_start, state.received)
         return None
 
     def _drop_heard(self, state: StreamState) -> list[Message]:
@@ -337,6 +362,9 @@ class StreamProcessor:
         if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
             if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
                 words = words[1:]
+        if window.kind is WindowKind.EAGER:
+            state.eager_until = window.end
+            return self._show(state, words)
         if window.kind is not WindowKind.PARTIAL:
             # Words that start after the voiced audio (and its pad) were heard in silence: the decoder continued
             # its prompt there. A window's end clamps them to zero length. They are never committed.
@@ -380,14 +408,17 @@ class StreamProcessor:
             heard = round(state.last_final_end * SAMPLE_RATE)
             cut = self._context_cut(state, heard) if agreed else window.end - int(self.options.force_margin_s * SAMPLE_RATE)
             self._trim(state, max(cut, window.start + SAMPLE_RATE // 2))
-        text = join_words(state.hypothesis)
-        if text != state.partial_text:
-            state.partial_text = text
-            if state.hypothesis:
-                messages.append(Partial(text=text, start=state.hypothesis[0].start, end=state.hypothesis[-1].end))
-            else:
-                messages.append(Partial(text="", start=state.last_final_end, end=state.last_final_end))
-        return messages
+        return messages + self._show(state, state.hypothesis)
+
+    def _show(self, state: StreamState, words: list[Word]) -> list[Message]:
+        """The partial for ``words``, if it differs from the one shown last (an empty one clears it)."""
+        text = join_words(words)
+        if text == state.partial_text:
+            return []
+        state.partial_text = text
+        if words:
+            return [Partial(text=text, start=words[0].start, end=words[-1].end)]
+        return [Partial(text="", start=state.last_final_end, end=state.last_final_end)]
 
     def _close_utterance(self, state: StreamState, window: Window, words: list[Word], messages: list[Message]) -> None:
         """Commit every word of the utterance ``window`` (a final) and trim past it."""
@@ -463,23 +494,26 @@ class StreamProcessor:
         """One call of a stream as a generator that owns the loop, in the style of a sans-I/O parser.
 
         It pushes ``pcm`` (and finalizes after it), then yields a ``DecodeJob`` for every window that is due and
-        expects that job's ``DecodeResult`` back, or ``None`` when an optional (partial) job was shed by a busy
-        decoder. It returns the call's messages. Whether partials are decoded at all is decided here, once: not
-        when the call brings more than ``skip_partials_behind_s`` of audio (the stream is behind), nor after a
-        partial was shed.
+        expects that job's ``DecodeResult`` back, or ``None`` when an optional (partial or eager) job was shed by a
+        busy decoder. It returns the call's messages. Whether partials are decoded at all is decided here, once:
+        not when the call brings more than ``skip_partials_behind_s`` of audio (the stream is behind), nor after a
+        partial was shed; no eager decode after any shed job.
         """
         self.push(state, pcm)
         if finalize:
             self.finalize(state)
         partials = pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
+        eager = partials
         messages = self._drop_heard(state) + self.settle(state)
-        while (window := self.next_window(state, partials=partials)) is not None:
+        while (window := self.next_window(state, partials=partials, eager=eager)) is not None:
             job = DecodeJob(window, self.request(state, window))
             result = yield job
             if result is None:
                 if not job.optional:
                     raise ValueError(f"a {window.kind.value} decode cannot be shed")
-                partials = False  # the decoder is behind: finals only for the rest of this call
+                # The decoder has no room: this call's newer audio waits for the next call (coalescing). Shed an
+                # agreement decode and the decoder is behind: finals only for the rest of this call.
+                eager, partials = False, partials and job.eager
                 continue
             messages.extend(self.apply(state, window, result))
             messages.extend(self._drop_heard(state))

@@ -68,16 +68,16 @@ class BufferManager:
         # (A StopIteration cannot cross into an asyncio future, so it is caught in the thread.)
         step = await asyncio.to_thread(_advance, call, None)
         while isinstance(step, DecodeJob):
-            step = _advance(call, await self.decode(step.request, optional=step.optional))
+            step = _advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
         return Processed(state, step)
 
-    async def decode(self, request: DecodeRequest, optional: bool) -> DecodeResult | None:
+    async def decode(self, request: DecodeRequest, optional: bool, eager: bool = False) -> DecodeResult | None:
         """One window through Whisper; a request lost with a dead replica is sent once more.
 
         None: an ``optional`` (partial) decode that Whisper refused because it is behind.
         """
         result = await retry_dead_replica(
-            lambda: self.whisper.transcribe.remote(request, optional),
+            lambda: self.whisper.transcribe.remote(request, optional, eager),
             budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2,
         )
         if isinstance(result, Shed):

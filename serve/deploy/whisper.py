@@ -54,11 +54,15 @@ class Whisper:
         self.decode_batch.set_max_batch_size(options.max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
         self.shedder.max_wait_s = options.shed_partials_wait_s
+        self.shedder.eager_wait_s = options.eager_wait_s
         log.info("Whisper batching: %s", options)
 
-    async def transcribe(self, request: DecodeRequest, optional: bool = False) -> DecodeResult | DecodeFailure | Shed:
-        """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind."""
-        if not self.shedder.admit(optional):
+    async def transcribe(
+        self, request: DecodeRequest, optional: bool = False, eager: bool = False
+    ) -> DecodeResult | DecodeFailure | Shed:
+        """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind, an
+        ``eager`` one unless it has room now."""
+        if not self.shedder.admit(optional, eager):
             self.shed += 1
             self.metrics.partials_shed.inc()
             return Shed()

@@ -330,3 +330,63 @@ def test_a_decode_with_nothing_after_a_zero_length_prefix_makes_progress(process
     processor.run(state, np.zeros(0, np.int16), says_nothing, finalize=True)
     assert decodes[0] == "And" and "" in decodes[1:]  # decoded again without the prefix: progress
     assert state.closed == [] and state.vad.open_segment is None
+
+
+def test_eager_decodes_show_words_sooner_and_change_no_final(vad, engine, by_id):
+    """With an idle decoder a stream's speech is decoded at every chunk, not only after min_step_s: partials come
+    a chunk after speech starts. Eager decodes are never compared for agreement, so the finals are the same."""
+    from serve.core.stream import StreamingOptions, StreamProcessor
+
+    pcm = pcm16(by_id["ls-1089-134686-0000"].path)
+
+    def stream(options):  # type: ignore[no-untyped-def]
+        processor, state, kinds, calls = StreamProcessor(options, vad=vad), StreamState(language="en"), [], []
+
+        def decode(job):  # type: ignore[no-untyped-def]
+            kinds.append(job.window.kind.value)
+            return engine.transcribe(job.request)
+
+        for i in range(0, pcm.size, 16_000):
+            calls.append(drive(processor.steps(state, pcm[i : i + 16_000]), decode))
+        calls.append(drive(processor.steps(state, np.zeros(0, np.int16), finalize=True), decode))
+        return kinds, calls
+
+    kinds, calls = stream(StreamingOptions())
+    plain_kinds, plain_calls = stream(StreamingOptions(eager_step_s=0))
+    assert "eager" in kinds and "eager" not in plain_kinds
+    first_partial = next(i for i, c in enumerate(calls) if any(isinstance(m, Partial) and m.text for m in c))
+    plain_first = next(i for i, c in enumerate(plain_calls) if any(isinstance(m, Partial) and m.text for m in c))
+    assert first_partial < plain_first, (first_partial, plain_first)  # seen a call (a second of audio) sooner
+    finals_of = lambda calls: [f.to_json() for c in calls for f in finals(c)]  # noqa: E731
+    assert finals_of(calls) == finals_of(plain_calls)
+
+
+def test_a_busy_decoder_sheds_eager_decodes_and_the_audio_joins_the_next_one(vad, engine, by_id):
+    """A decoder with requests waiting (the real shedder's rule) refuses eager decodes: the newer audio is decoded
+    with the stream's next decode, so a busy decoder gets fewer decodes (counted), and the same finals."""
+    from serve.core.shedding import PartialShedder
+    from serve.core.stream import StreamingOptions, StreamProcessor
+
+    pcm = pcm16(by_id["ls-1089-134686-0000"].path)
+
+    def stream(queued: int):  # type: ignore[no-untyped-def]
+        shedder = PartialShedder(max_wait_s=1.0, eager_wait_s=0.25)
+        shedder.seconds_per_item, shedder.queued = 0.4, queued  # a CPU decode; requests already waiting
+        processor, state, decoded, messages = StreamProcessor(StreamingOptions(), vad=vad), StreamState(language="en"), [], []
+
+        def decode(job):  # type: ignore[no-untyped-def]
+            if not shedder.admit(job.optional, job.eager):
+                return None
+            decoded.append(job.window.kind.value)
+            return engine.transcribe(job.request)
+
+        for i in range(0, pcm.size, 16_000):
+            messages += drive(processor.steps(state, pcm[i : i + 16_000]), decode)
+        messages += drive(processor.steps(state, np.zeros(0, np.int16), finalize=True), decode)
+        return decoded, messages
+
+    idle, idle_messages = stream(queued=0)
+    busy, busy_messages = stream(queued=1)  # 0.4 s of wait: no room for an eager decode, room for a partial
+    assert "eager" in idle and "eager" not in busy and "partial" in busy
+    assert len(busy) < len(idle), (idle, busy)
+    assert [f.to_json() for f in finals(busy_messages)] == [f.to_json() for f in finals(idle_messages)]

@@ -46,9 +46,10 @@ def stream_text(processor, engine, path) -> str:
 @pytest.fixture(scope="module")
 def stream_texts(vad):
     """Streams files in parallel, one single-threaded engine per core: 1.5x the throughput of one
-    two-threaded engine on two cores (a CPU gains nothing from batching, see the README)."""
+    two-threaded engine on two cores (a CPU gains nothing from batching, see the README). Eager decodes are off:
+    they change when words are first seen, never which become final (tests/core/test_stream.py checks that)."""
     from serve.core.engine import BatchedWhisper, EngineOptions
-    from serve.core.stream import StreamProcessor
+    from serve.core.stream import StreamingOptions, StreamProcessor
 
     workers = max(1, min(4, os.cpu_count() or 1))
     engines = [BatchedWhisper(EngineOptions(cpu_threads=1)) for _ in range(workers)]
@@ -58,7 +59,7 @@ def stream_texts(vad):
         with lock:
             engine = free.pop()
         try:
-            return stream_finals(StreamProcessor(vad=vad), engine, path, seed)
+            return stream_finals(StreamProcessor(StreamingOptions(eager_step_s=0), vad=vad), engine, path, seed)
         finally:
             with lock:
                 free.append(engine)
