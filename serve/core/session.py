@@ -78,5 +78,5 @@ class Session:
 
     def __post_init__(self) -> None:
         language = None if self.params.language == "auto" else self.params.language
-        self.state = StreamState(language=language, task=self.params.task)
+        self.state = StreamState(language=language, task=self.params.task, interim=self.params.interim_results)
         self.decoder = PcmDecoder(self.params.encoding, self.params.sample_rate)

@@ -145,6 +145,9 @@ class StreamState:
 
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
+    interim: bool = True
+    """The client wants partials. Without them no partial or eager window is decoded: words become final at
+    pauses, on finalize, or when the window is full, and no decode is spent on text nobody reads."""
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     audio_start: int = 0
     """Absolute sample index of ``audio[0]``; audio before it is committed or silence."""
@@ -502,7 +505,7 @@ class StreamProcessor:
         self.push(state, pcm)
         if finalize:
             self.finalize(state)
-        partials = pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
+        partials = state.interim and pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
         eager = partials
         messages = self._drop_heard(state) + self.settle(state)
         while (window := self.next_window(state, partials=partials, eager=eager)) is not None:

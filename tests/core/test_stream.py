@@ -390,3 +390,22 @@ def test_a_busy_decoder_sheds_eager_decodes_and_the_audio_joins_the_next_one(vad
     assert "eager" in idle and "eager" not in busy and "partial" in busy
     assert len(busy) < len(idle), (idle, busy)
     assert [f.to_json() for f in finals(busy_messages)] == [f.to_json() for f in finals(idle_messages)]
+
+
+def test_a_stream_that_wants_no_partials_gets_no_partial_decodes(processor, engine, by_id):
+    """interim_results=false: no partial or eager window is decoded (counted), and the words still all become final."""
+    pcm = pcm16(by_id["ls-1089-134686-0000"].path)
+    kinds, messages = [], []
+    state = StreamState(language="en", interim=False)
+
+    def decode(job):  # type: ignore[no-untyped-def]
+        kinds.append(job.window.kind.value)
+        return engine.transcribe(job.request)
+
+    for i in range(0, pcm.size, 16_000):
+        messages += drive(processor.steps(state, pcm[i : i + 16_000]), decode)
+    messages += drive(processor.steps(state, np.zeros(0, np.int16), finalize=True), decode)
+    assert kinds and not {"partial", "eager"} & set(kinds), kinds
+    assert not [m for m in messages if isinstance(m, Partial)]
+    text = " ".join(words(messages))
+    assert "stew for dinner" in text and "mutton pieces" in text and text.endswith("sauce"), text
