@@ -21,16 +21,19 @@ def markdown(results: BenchResults) -> str:
         f"SLO p95 final lag ≤ {criteria.slo_s:g} s, WER ≤ {criteria.wer_ratio:g} × offline"
         + (f" + {criteria.wer_slack:g}" if criteria.wer_slack else ""),
         "",
-        "| service | N | failed | final lag p50 / p95 / max (s) | word final lag p50 / p95 (s) "
-        "| first text p50 / p95 (s) | WER stream / offline | kept up | server CPU mean / max | mean batch | verdict |",
-        "| --- | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| service | N | failed | final lag p50 / p95 / max (s) | word seen lag p50 / p95 (s) "
+        "| word final lag p50 / p95 (s) | first text p50 / p95 (s) | WER stream / offline | kept up "
+        "| server CPU mean / max | mean batch | verdict |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
     for run in results.runs:
         lag, first, words, cpu = run.final_lag, run.first_text_lag, run.word_final_lag, run.server.cpu
+        seen = run.word_seen_lag
         verdict = run.verdict
         lines.append(
             f"| {run.service} | {run.streams} | {run.failed_streams} "
-            f"| {decimal(lag.p50)} / {decimal(lag.p95)} / {decimal(lag.max)} | {decimal(words.p50)} / {decimal(words.p95)} "
+            f"| {decimal(lag.p50)} / {decimal(lag.p95)} / {decimal(lag.max)} | {decimal(seen.p50)} / {decimal(seen.p95)} "
+            f"| {decimal(words.p50)} / {decimal(words.p95)} "
             f"| {decimal(first.p50)} / {decimal(first.p95)} "
             f"| {decimal(run.wer, 3)} / {decimal(run.offline_wer, 3)} | {run.kept_up_streams}/{run.streams} "
             f"| {(decimal(cpu.mean_percent, 0) + ' / ' + decimal(cpu.max_percent, 0) + ' %') if cpu else '–'} "
@@ -86,6 +89,8 @@ def plot(results: BenchResults, out: Path) -> list[Path]:
         ns = [r.streams for r in runs]
         ax.plot(ns, [r.final_lag.p95 for r in runs], "o-", label=f"{service} final p95")
         ax.plot(ns, [r.final_lag.p50 for r in runs], "o--", label=f"{service} final p50")
+        seen = [r for r in runs if r.word_seen_lag.count]
+        ax.plot([r.streams for r in seen], [r.word_seen_lag.p95 for r in seen], "s-.", label=f"{service} word seen p95")
         firsts = [r for r in runs if r.first_text_lag.count]
         ax.plot(
             [r.streams for r in firsts], [r.first_text_lag.p95 for r in firsts], "x:", label=f"{service} first text p95"

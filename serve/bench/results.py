@@ -41,6 +41,10 @@ class StreamResult:
     final_lags: list[LagPoint]
     word_final_lag: Summary
     word_final_lags: list[float]
+    """Per word of the finals: its final's arrival after the word's audio (``scoring.word_lags``)."""
+    word_seen_lag: Summary
+    word_seen_lags: list[float]
+    """The same words, from when each was first shown, partial or final (``scoring.seen_lags``)."""
     first_text_lag: Summary
     first_text_lags: list[float]
     kept_up: bool
@@ -85,6 +89,7 @@ class RunResult:
     final_lag: Summary
     first_text_lag: Summary
     word_final_lag: Summary
+    word_seen_lag: Summary
     max_send_late_s: float
     server: ServerFigures
     per_stream: list[StreamResult]
@@ -181,6 +186,7 @@ def analyze_stream(record: StreamRecord, offline_text: str | None, speed: float)
     points = scoring.final_lags(messages, 0.0, speed) if began else []
     onsets = scoring.onset_lags(messages, 0.0, speed) if began else []
     word_lags = scoring.word_lags(messages, 0.0, speed) if began else []
+    seen_lags = scoring.seen_lags(messages, 0.0, speed) if began else []
     keep = scoring.keep_up(points)
     hypothesis = scoring.transcript(messages)
     errors = scoring.word_errors(record.item.text, hypothesis)
@@ -211,6 +217,8 @@ def analyze_stream(record: StreamRecord, offline_text: str | None, speed: float)
         final_lags=points,
         word_final_lag=scoring.summarize(word_lags),
         word_final_lags=word_lags,
+        word_seen_lag=scoring.summarize(seen_lags),
+        word_seen_lags=seen_lags,
         first_text_lag=scoring.summarize(onsets),
         first_text_lags=onsets,
         kept_up=keep.kept_up,
@@ -241,6 +249,7 @@ def analyze_run(run: RunRecord, offline: dict[Path, str] | None, speed: float) -
         final_lag=scoring.summarize([p.lag for s in streams for p in s.final_lags]),
         first_text_lag=scoring.summarize([lag for s in streams for lag in s.first_text_lags]),
         word_final_lag=scoring.summarize([lag for s in streams for lag in s.word_final_lags]),
+        word_seen_lag=scoring.summarize([lag for s in streams for lag in s.word_seen_lags]),
         max_send_late_s=max((s.max_send_late_s for s in streams), default=0.0),
         server=server_figures(run.server_before, run.server_after, run.server_cpu),
         per_stream=streams,

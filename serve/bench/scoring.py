@@ -7,7 +7,9 @@ benchmark reports by is unit-tested (tests/bench/test_bench_scoring.py) and reus
 Times: ``arrival`` is when a message came in on the client's clock (``serve.client`` counts
 it from ``ready``); ``start``/``end`` are seconds of the stream's audio (protocol v1). A stream
 replayed at ``speed`` X whose sample 0 was "recorded" at ``started`` on that clock has audio
-time ``t`` due at ``started + t / speed``; a lag is arrival minus due, in wall seconds.
+time ``t`` due at ``started + t / speed``; a lag is arrival minus due, in wall seconds. Due is when that
+sample was recorded, not when the chunk holding it left (up to a chunk later): every lag includes the
+chunking, as a microphone page's users live it.
 """
 
 from __future__ import annotations
@@ -223,22 +225,30 @@ class Received:
     end: float | None = None
     word_ends: tuple[float, ...] = ()
     """A final's words' ``end`` times (audio seconds), in order."""
+    word_texts: tuple[str, ...] = ()
+    """The same words as the final spells them (each ``word``), one per ``word_ends``; may be empty."""
 
 
 def received(message: dict[str, Any], arrival: float) -> Received:
     """A protocol message (a parsed JSON object) as ``Received``; malformed numbers are left out."""
+    words = _timed_words(message.get("words"))
     return Received(
         str(message["type"]), arrival, str(message.get("text") or ""), as_number(message.get("start")),
-        as_number(message.get("end")), word_ends(message.get("words")),
+        as_number(message.get("end")), tuple(end for _, end in words), tuple(text for text, _ in words),
     )
+
+
+def _timed_words(words: Any) -> list[tuple[str, float]]:
+    """(``word``, ``end``) of each word of a final's ``words`` list with a numeric ``end``; a missing ``word`` is ""."""
+    if not isinstance(words, list):
+        return []
+    timed = ((w.get("word"), as_number(w.get("end"))) for w in words if isinstance(w, dict))
+    return [(text if isinstance(text, str) else "", end) for text, end in timed if end is not None]
 
 
 def word_ends(words: Any) -> tuple[float, ...]:
     """The ``end`` of each word of a final's ``words`` list; anything malformed is left out."""
-    if not isinstance(words, list):
-        return ()
-    ends = (as_number(w.get("end")) for w in words if isinstance(w, dict))
-    return tuple(e for e in ends if e is not None)
+    return tuple(end for _, end in _timed_words(words))
 
 
 def as_number(value: Any) -> float | None:
@@ -275,13 +285,89 @@ def final_lags(messages: Sequence[Received], started: float, speed: float = 1.0)
     return points
 
 
+@dataclass(frozen=True)
+class WordSight:
+    """A word of a final: its audio end, when it was first on screen and when it became final.
+
+    ``seen`` and ``final`` are arrivals on the client's clock; ``seen <= final`` always.
+    """
+
+    word: str
+    """As the final spells it ("" when the final listed no text for it)."""
+    end: float
+    seen: float
+    final: float
+
+
+def word_sights(messages: Sequence[Received]) -> list[WordSight]:
+    """Every word of every final (each ``word_ends`` entry, in order) with when it was first shown.
+
+    Words are compared after ``normalize_text``, by position in the stream's transcript. A
+    message shows the committed words (the finals before it) followed by its own words: a
+    partial is the tentative text after the last final, so a partial that came when ``c``
+    normalized words were committed puts its ``k``-th normalized word at position ``c + k``.
+    A final's word that normalizes to the words at positions ``p..q`` was *seen* at the
+    arrival of the first message (partial, or its own final) showing exactly those words at
+    those positions. So:
+
+    - a word a partial showed and a later final kept counts from that partial, even when
+      finals in between committed the words before it;
+    - a word revised in partials ("there" then "their") counts from the first message that
+      showed its final form at its place, not from the form it replaced (a form shown, taken
+      back and shown again counts from its first showing: the reader saw it then);
+    - a word only ever shown by its final counts from that final (seen lag = word final lag).
+
+    Positional, hence conservative: a partial that had an extra or a missing word before it
+    shows it at another position, and it counts from a later message. A word spelled as
+    several normalized words ("1465," -> "fourteen sixty five") is seen when all of them
+    were shown at once; one that normalizes to nothing, and the words of a final that lists
+    no word texts, count from their final.
+    """
+    sights: list[WordSight] = []
+    committed = 0  # normalized words of the finals so far
+    shown: list[tuple[int, tuple[str, ...], float]] = []  # partials: (committed before it, its words, arrival)
+    for m in messages:
+        if m.type == "partial":
+            words = tuple(normalize_text(m.text).split())
+            if words:
+                shown.append((committed, words, m.arrival))
+        elif m.type == "final":
+            if len(m.word_texts) != len(m.word_ends):  # no word texts: its words count from the final
+                committed += len(normalize_text(m.text).split())
+                sights.extend(WordSight("", end, m.arrival, m.arrival) for end in m.word_ends)
+            else:
+                for text, end in zip(m.word_texts, m.word_ends, strict=True):
+                    tokens = tuple(normalize_text(text).split())
+                    seen = m.arrival
+                    if tokens:
+                        for before, words, arrival in shown:
+                            at = committed - before  # where this word starts in that partial's words
+                            if words[at : at + len(tokens)] == tokens:
+                                seen = arrival
+                                break
+                    committed += len(tokens)
+                    sights.append(WordSight(text.strip(), end, seen, m.arrival))
+            # A partial that ends before the committed text can show no later word.
+            shown = [s for s in shown if s[0] + len(s[1]) > committed]
+    return sights
+
+
 def word_lags(messages: Sequence[Received], started: float, speed: float = 1.0) -> list[float]:
-    """Per word of every final: arrival - (started + word end / speed).
+    """Per word of every final (``word_sights``): arrival of its final - (started + word end / speed).
 
     How long each word waited to become final. A policy that commits only at pauses makes few,
     long finals: their final lags (at their last word) are short while their first words waited long.
     """
-    return [m.arrival - started - end / speed for m in finals(messages) for end in m.word_ends]
+    return [w.final - started - w.end / speed for w in word_sights(messages)]
+
+
+def seen_lags(messages: Sequence[Received], started: float, speed: float = 1.0) -> list[float]:
+    """Per word of every final (``word_sights``, the words ``word_lags`` counts, in the same order):
+    when it was first shown, in a partial or its final, - (started + word end / speed).
+
+    How long after a word was spoken a reader first saw it: never more than its word final lag.
+    """
+    return [w.seen - started - w.end / speed for w in word_sights(messages)]
 
 
 def onset_lags(messages: Sequence[Received], started: float, speed: float = 1.0, gap: float = 0.5) -> list[float]:

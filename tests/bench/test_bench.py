@@ -37,7 +37,8 @@ def test_urls():
 
 
 def final(start, end, text, *word_ends):
-    return {"type": "final", "text": text, "start": start, "end": end, "words": [{"word": " w", "end": e} for e in word_ends]}
+    words = [{"word": " " + w, "end": e} for w, e in zip(text.split(), word_ends, strict=True)]
+    return {"type": "final", "text": text, "start": start, "end": end, "words": words}
 
 
 def two_streams() -> RunRecord:
@@ -45,8 +46,13 @@ def two_streams() -> RunRecord:
     item = EvalItem("a", Path("a.wav"), "one two three four", "short", 4.0)
     other = EvalItem("b", Path("b.wav"), "five", "short", 1.0)
     first = Transcript(close_code=1000, started=10.0, sent_s=4.0)
-    first.messages = [final(0.0, 2.0, "one two", 1.0, 2.0), final(2.0, 4.0, "three for", 3.0, 4.0), {"type": "end"}]
-    first.arrivals = [2.7, 5.0, 5.0]
+    first.messages = [
+        final(0.0, 2.0, "one two", 1.0, 2.0),
+        {"type": "partial", "text": "three", "start": 2.0, "end": 3.0},
+        final(2.0, 4.0, "three for", 3.0, 4.0),
+        {"type": "end"},
+    ]
+    first.arrivals = [2.7, 3.2, 5.0, 5.0]
     second = Transcript(close_code=1000, started=20.0, sent_s=1.0)
     second.messages = [{"type": "final", "text": "five", "start": 0.0, "end": 1.0}, {"type": "end", "duration": 1.0}]
     second.arrivals = [1.5, 2.0]
@@ -64,6 +70,9 @@ def test_analyze_run_pools_errors_and_lags_across_streams():
     assert result.final_lag.min == pytest.approx(0.5)
     assert result.word_final_lag.count == 4  # the second stream's final lists no words
     assert result.word_final_lag.max == pytest.approx(2.0) and result.word_final_lag.min == pytest.approx(0.7)
+    # The same words from when they were first shown: "three" in the partial at 3.2 s, the rest with their finals.
+    assert result.per_stream[0].word_seen_lags == pytest.approx([1.7, 0.7, 0.2, 1.0])
+    assert result.word_seen_lag.count == 4 and result.word_seen_lag.min == pytest.approx(0.2)
     assert result.failed_streams == 0
     assert [s.end_lag_s for s in result.per_stream] == pytest.approx([1.0, 1.0])
 
@@ -73,7 +82,7 @@ def test_results_keep_bench_json_shape():
     run = json.loads(json.dumps(replace(result, verdict=Verdict(True, ())).to_json()))
     assert list(run) == [
         "service", "streams", "wall_s", "failed_streams", "kept_up_streams", "wer", "offline_wer", "final_lag",
-        "first_text_lag", "word_final_lag", "max_send_late_s", "server", "per_stream", "verdict",
+        "first_text_lag", "word_final_lag", "word_seen_lag", "max_send_late_s", "server", "per_stream", "verdict",
     ]
     assert run["final_lag"] == {"count": 3, "min": pytest.approx(0.5), "max": pytest.approx(1.0),
                                 "mean": pytest.approx(0.7333, abs=1e-3), "p50": pytest.approx(0.7), "p95": pytest.approx(0.97)}
@@ -84,7 +93,7 @@ def test_results_keep_bench_json_shape():
         "id", "subset", "duration_s", "offset_s", "failed", "errors", "close_code", "connect_s", "max_send_late_s",
         "end_duration_s", "end_lag_s", "finals", "partials", "out_of_order_finals", "word_errors", "wer",
         "offline_word_errors", "offline_wer", "final_lag", "final_lags", "word_final_lag", "word_final_lags",
-        "first_text_lag", "first_text_lags", "kept_up", "lag_slope", "lag_growth_s", "reference", "hypothesis",
+        "word_seen_lag", "word_seen_lags", "first_text_lag", "first_text_lags", "kept_up", "lag_slope", "lag_growth_s", "reference", "hypothesis",
         "offline_hypothesis",
     ]
     assert stream["word_errors"] == {"substitutions": 1, "deletions": 0, "insertions": 0, "reference_words": 4}

@@ -26,12 +26,14 @@ from serve.bench.scoring import (
     percentile,
     pooled_wer,
     received,
+    seen_lags,
     summarize,
     transcript,
     wer,
     word_ends,
     word_errors,
     word_lags,
+    word_sights,
     year_to_words,
 )
 
@@ -251,8 +253,96 @@ def test_word_ends_read_from_a_finals_words_skipping_malformed_ones():
 
 def test_received_reads_a_protocol_message():
     message = {"type": "final", "text": "hi", "start": 1, "end": "2", "words": [{"word": " hi", "end": 1.5}]}
-    assert received(message, 3.0) == Received("final", 3.0, "hi", 1.0, None, (1.5,))
+    assert received(message, 3.0) == Received("final", 3.0, "hi", 1.0, None, (1.5,), (" hi",))
     assert received({"type": "end", "duration": 4.0}, 5.0) == Received("end", 5.0)
+    words = [{"word": " a", "end": 1.0}, {"end": 2.0}, {"word": " c"}, {"word": 7, "end": 3.0}]
+    assert received({"type": "final", "words": words}, 4.0).word_texts == (" a", "", "")
+
+
+# -- seen lag: when each word was first on screen --------------------------------------------------
+
+
+def said(arrival, text, *words):
+    """A final at ``arrival`` whose words are (text, end) pairs."""
+    return Received("final", arrival, text, words[0][1] - 0.3, words[-1][1], tuple(e for _, e in words),
+                    tuple(w for w, _ in words))
+
+
+def test_word_seen_in_a_partial_counts_from_that_partial():
+    messages = [
+        partial(0.0, 1.0, 101.2, "He"),
+        partial(0.0, 2.0, 102.1, "He hoped"),
+        said(103.0, "He hoped", (" He", 0.4), (" hoped", 0.9)),
+    ]
+    sights = word_sights(messages)
+    assert [(w.word, w.seen, w.final) for w in sights] == [("He", 101.2, 103.0), ("hoped", 102.1, 103.0)]
+    assert seen_lags(messages, started=100.0) == pytest.approx([1.2 - 0.4, 2.1 - 0.9])
+    assert word_lags(messages, started=100.0) == pytest.approx([3.0 - 0.4, 3.0 - 0.9])
+
+
+def test_a_revised_word_counts_from_when_its_final_form_first_appeared():
+    messages = [
+        partial(0.0, 1.0, 101.0, "over there"),
+        partial(0.0, 2.0, 102.0, "over their"),  # "their" first shown here
+        partial(0.0, 2.5, 102.5, "over their car"),
+        said(103.0, "Over their car.", (" Over", 0.5), (" their", 1.0), (" car.", 2.0)),
+    ]
+    assert [w.seen for w in word_sights(messages)] == [101.0, 102.0, 102.5]
+
+
+def test_a_word_only_ever_final_counts_from_its_final():
+    messages = [
+        partial(0.0, 1.0, 101.0, "go"),
+        partial(0.0, 1.0, 101.5, ""),  # cleared
+        said(102.0, "Go on", (" Go", 0.5), (" on", 1.5)),
+    ]
+    sights = word_sights(messages)
+    assert [(w.seen, w.final) for w in sights] == [(101.0, 102.0), (102.0, 102.0)]
+    assert seen_lags(messages, started=100.0)[1] == pytest.approx(word_lags(messages, started=100.0)[1])
+
+
+def test_a_partial_before_earlier_finals_shows_words_at_their_place_in_the_transcript():
+    # The partial showed "dinner" at position 6; two finals later commit it there.
+    messages = [
+        partial(0.0, 3.0, 103.1, "He hoped there would be stew for dinner"),
+        said(103.5, "He hoped there would be", *((" " + w, 0.2 * (i + 1)) for i, w in enumerate("He hoped there would be".split()))),
+        partial(1.0, 3.0, 103.9, "stew for dinner turnips"),
+        said(104.0, "stew for", (" stew", 1.4), (" for", 1.6)),
+        said(105.0, "dinner, turnips", (" dinner,", 2.0), (" turnips", 2.5)),
+    ]
+    sights = word_sights(messages)
+    assert [w.word for w in sights][-3:] == ["for", "dinner,", "turnips"]
+    assert [w.seen for w in sights] == [103.1] * 8 + [103.9]
+    assert [w.final for w in sights][-2:] == [105.0, 105.0]
+
+
+def test_a_word_shown_at_another_position_is_not_seen_there():
+    # The partial had an extra word before "stew": positions differ, so it is not credited (conservative).
+    messages = [partial(0.0, 1.0, 101.0, "uh the stew"), said(102.0, "the stew", (" the", 0.5), (" stew", 1.0))]
+    assert [w.seen for w in word_sights(messages)] == [102.0, 102.0]
+
+
+def test_a_word_of_several_normalized_words_is_seen_when_all_were_shown():
+    messages = [
+        partial(0.0, 1.0, 101.0, "In fourteen sixty"),
+        partial(0.0, 2.0, 102.0, "In 1465, Sweynheim"),
+        said(103.0, "In 1465, Sweynheim", (" In", 0.3), (" 1465,", 1.5), (" Sweynheim", 2.0)),
+    ]
+    assert [w.seen for w in word_sights(messages)] == [101.0, 102.0, 102.0]
+
+
+def test_seen_lag_covers_the_words_word_lag_does_and_scales_by_speed():
+    messages = [
+        partial(0.0, 1.0, 101.0, "a b"),
+        Received("final", 102.0, "a b", 0.0, 2.0, word_ends=(1.0, 2.0)),  # no word texts: seen with the final
+        partial(2.0, 3.0, 102.5, "c"),
+        said(104.0, "c d", (" c", 3.0), (" d", 3.5)),
+        Received("final", 105.0, "e", 4.0, 4.5),  # no words: counted by neither
+    ]
+    seen, final = seen_lags(messages, 100.0, speed=2.0), word_lags(messages, 100.0, speed=2.0)
+    assert seen == pytest.approx([1.5, 1.0, 1.0, 2.25])
+    assert final == pytest.approx([1.5, 1.0, 2.5, 2.25])
+    assert all(s <= f for s, f in zip(seen, final, strict=True))
 
 
 # -- keeping up --------------------------------------------------------------------------------------
