@@ -116,7 +116,8 @@ def service():
     from serve.deploy.app import build_app
 
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # address="local": always a Ray of its own, never a cluster already running here (a `serve run`, `ray start`).
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = serve_yaml()["applications"][0]["args"]
     serve.run(build_app(args), name="asr", route_prefix="/")

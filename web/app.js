@@ -8,7 +8,7 @@ const ui = Object.fromEntries(
   [
     "start", "stop", "status", "mic", "language", "file", "level", "error", "copy", "download-txt",
     "download-srt", "download-vtt", "clear", "show-times", "notice", "transcript", "placeholder",
-    "finals", "partial",
+    "lines", "pending", "partial",
   ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]),
 );
 
@@ -55,7 +55,7 @@ async function start(source) {
     sampleRate,
     handlers: {
       onState: setStatus,
-      onPartial: (message) => showPartial(message.text),
+      onPartial: (message) => showPartial(message, current.base),
       onFinal: (message) => addFinal(message, current.base),
       onServerError: (message) =>
         showError(`Server error ${message.code}: ${message.message}`, "server", message.code),
@@ -78,7 +78,7 @@ async function stop() {
   await current.input.stop(); // the last partial frame goes out through onFrame
   const end = await current.client.finish();
   timelineBase = Math.max(transcript.end, current.base + (end?.duration ?? current.client.secondsSent));
-  showPartial("");
+  showPartial(null);
   endSession(current);
 }
 
@@ -88,7 +88,7 @@ async function abort(current) {
   current.stopping = true;
   await current.input.stop();
   timelineBase = Math.max(transcript.end, current.base + current.client.secondsSent);
-  showPartial("");
+  showPartial(null);
   endSession(current);
 }
 
@@ -110,12 +110,29 @@ function setRunning(running) {
 // -- transcript ----------------------------------------------------------------
 
 function addFinal(message, base) {
-  const entry = transcript.add({ text: message.text, start: message.start + base, end: message.end + base });
+  const added = transcript.add({ text: message.text, start: message.start + base, end: message.end + base });
   keepScrolledToEnd(() => {
-    if (entry) ui.finals.append(finalElement(entry));
-    ui.partial.textContent = ""; // a final replaces the partial it grew from
+    if (added) {
+      if (added.newLine) ui.lines.append(lineElement(added.line));
+      const element = ui.lines.lastElementChild;
+      element.append(finalElement(added.entry));
+      element.dataset.end = added.line.end.toFixed(2);
+    }
+    // A final replaces the partial it grew from; the next partial goes on after it.
+    ui.partial.textContent = "";
+    placePartial(false);
     updatePlaceholder();
   });
+}
+
+/** An utterance line: its start time shows as a chip before it (CSS, `data-time`). */
+function lineElement(line) {
+  const element = document.createElement("div");
+  element.className = "line";
+  element.dataset.start = line.start.toFixed(2);
+  element.dataset.end = line.end.toFixed(2);
+  element.dataset.time = formatClock(line.start);
+  return element;
 }
 
 function finalElement(entry) {
@@ -124,17 +141,31 @@ function finalElement(entry) {
   element.textContent = entry.text;
   element.dataset.start = entry.start.toFixed(2);
   element.dataset.end = entry.end.toFixed(2);
-  element.dataset.time = formatClock(entry.start);
   element.title = `${formatTimestamp(entry.start, ".")} → ${formatTimestamp(entry.end, ".")}`;
   return element;
 }
 
-function showPartial(text) {
-  if (ui.partial.textContent === text) return;
+/** Shows a partial message (null: clears it) in place, at once: it replaces the previous one. */
+function showPartial(message, base = 0) {
+  const text = message?.text ?? "";
+  const start = Number(message?.start) + base;
+  // After a pause the partial begins the next line, with its own time; else it continues the last line.
+  const newLine = Boolean(text) && Number.isFinite(start) && transcript.startsLine(start);
+  const time = newLine ? formatClock(start) : "";
+  if (ui.partial.textContent === text && ui.pending.dataset.time === time) return;
   keepScrolledToEnd(() => {
     ui.partial.textContent = text; // replaced in place, never appended
+    ui.pending.dataset.time = time;
+    placePartial(newLine);
     updatePlaceholder();
   });
+}
+
+/** Moves the partial to the end of the last line, or to the pending line (a new utterance). */
+function placePartial(newLine) {
+  const host = newLine || !ui.lines.lastElementChild ? ui.pending : ui.lines.lastElementChild;
+  if (ui.partial.parentElement !== host) host.append(ui.partial);
+  ui.pending.hidden = host !== ui.pending || ui.partial.textContent === "";
 }
 
 function updatePlaceholder() {
@@ -151,11 +182,13 @@ function keepScrolledToEnd(change) {
 
 function clearTranscript() {
   transcript.clear();
-  ui.finals.replaceChildren();
+  ui.pending.append(ui.partial); // out of the lines before they go
+  ui.lines.replaceChildren();
   if (!session) {
     ui.partial.textContent = "";
     timelineBase = 0;
   }
+  placePartial(true);
   updatePlaceholder();
 }
 

@@ -10,8 +10,10 @@ run offline. Needs Debian's ``chromium`` (``apt-get install chromium``) and the
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import statistics
 import tempfile
 import time
 import wave
@@ -26,6 +28,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import sync_playwright
 
+from serve.bench.scoring import Received, word_sights
+
 pytestmark = [pytest.mark.browser, pytest.mark.serve]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,29 +38,52 @@ CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshot is refreshed with ASR_SCREENSHOT=1; otherwise it goes to a temp file.
 SCREENSHOT = ROOT / "assets" / "page.png" if os.environ.get("ASR_SCREENSHOT") else Path(tempfile.gettempdir()) / "asr-page.png"
 
-SPEECH_ID = "ls-1089-134686-0000"  # 10.4 s, one speaker, LibriSpeech test-clean
+# What the fake microphone says: two utterances of one speaker (LibriSpeech test-clean, 10.4 s and 3.3 s) with a
+# pause between them twice the service's endpointing pause (min_silence_ms, 1 s), so the page shows two lines.
+SPEECH_IDS = ("ls-1089-134686-0000", "ls-1089-134686-0001")
 FILE_ID = "ls-1089-134691-0001"  # 5.4 s, 16 words, for the "stream a file" path
 LEAD_SILENCE_S = 1.0
+PAUSE_S = 2.0
 TAIL_SILENCE_S = 1.5
 WER_RATIO = 1.25
 WER_SLACK = 0.02
 
-# Records what the page shows as it changes (installed before the page's own scripts).
+# Records what the page shows as it changes, and each text frame its sockets receive, with times on one clock
+# (performance.now(), ms). Installed before the page's own scripts.
 PAGE_RECORDER = """
-window.__pageLog = { snapshots: [], states: [], errors: [], maxLevel: 0 };
+window.__pageLog = { snapshots: [], received: [], states: [], errors: [], maxLevel: 0 };
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);  // listens before the page's own handler: t is the arrival
+    this.addEventListener("message", (event) => {
+      if (typeof event.data !== "string") return;
+      try {
+        window.__pageLog.received.push({ t: performance.now(), message: JSON.parse(event.data) });
+      } catch {}
+    });
+  }
+};
 document.addEventListener("DOMContentLoaded", () => {
   const log = window.__pageLog;
   const $ = (id) => document.getElementById(id);
   const snapshot = () => {
     const partial = $("partial");
     log.snapshots.push({
+      t: performance.now(),
       partialElements: document.querySelectorAll("#partial").length,
       partialChildren: partial ? partial.childElementCount : -1,
       partial: partial ? partial.textContent : null,
-      finals: [...$("finals").children].map((e) => e.classList.contains("final") ? e.textContent : null),
+      partialIn: partial?.parentElement === $("pending") ? "pending" : partial?.parentElement === $("lines").lastElementChild ? "last line" : "elsewhere",
+      pendingShown: !$("pending").hidden,
+      // Each line's children but the partial: .final texts (null for anything else), or null for a non-line.
+      lines: [...$("lines").children].map((line) => !line.classList.contains("line") ? null :
+        [...line.children].filter((e) => e !== partial).map((e) => e.classList.contains("final") ? e.textContent : null)),
+      finals: [...$("lines").querySelectorAll(".final")].map((e) => e.textContent),
     });
   };
-  new MutationObserver(snapshot).observe($("transcript"), { subtree: true, childList: true, characterData: true });
+  new MutationObserver(snapshot).observe($("transcript"),
+    { subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ["hidden"] });
   const status = $("status");
   new MutationObserver(() => log.states.push(status.dataset.state))
     .observe(status, { attributes: true, attributeFilter: ["data-state"] });
@@ -106,29 +133,48 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         wav.writeframes(samples.astype("<i2").tobytes())
 
 
-@pytest.fixture(scope="module")
-def speech() -> Clip:
-    return _clip(SPEECH_ID)
+@dataclass(frozen=True)
+class Speech:
+    """What the fake microphone plays: the clips, with silence before, between and after them."""
+
+    clips: tuple[Clip, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(clip.text for clip in self.clips)
+
+    @property
+    def duration_s(self) -> float:
+        return LEAD_SILENCE_S + sum(c.duration_s for c in self.clips) + PAUSE_S * (len(self.clips) - 1) + TAIL_SILENCE_S
 
 
 @pytest.fixture(scope="module")
-def microphone_wav(speech: Clip, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The speech clip with silence around it: what the fake microphone plays, once."""
-    samples, rate = _read_wav(speech.path)
-    padded = np.concatenate(
-        [np.zeros(int(LEAD_SILENCE_S * rate), np.int16), samples, np.zeros(int(TAIL_SILENCE_S * rate), np.int16)]
-    )
+def speech() -> Speech:
+    return Speech(tuple(_clip(clip_id) for clip_id in SPEECH_IDS))
+
+
+@pytest.fixture(scope="module")
+def microphone_wav(speech: Speech, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The speech with silence around and between its clips: what the fake microphone plays, once."""
+    parts, rates = [], set()
+    for i, clip in enumerate(speech.clips):
+        samples, rate = _read_wav(clip.path)
+        rates.add(rate)
+        parts += [np.zeros(int((PAUSE_S if i else LEAD_SILENCE_S) * rate), np.int16), samples]
+    [rate] = rates
+    parts.append(np.zeros(int(TAIL_SILENCE_S * rate), np.int16))
     path = tmp_path_factory.mktemp("microphone") / "speech.wav"
-    _write_wav(path, padded, rate)
+    _write_wav(path, np.concatenate(parts), rate)
     return path
 
 
 @pytest.fixture(scope="module")
-def offline_wer(speech: Clip) -> float:
-    """WER of the same model on the whole clip at once: what streaming is measured against."""
+def offline_wer(speech: Speech) -> float:
+    """WER of the same model on each whole clip at once: what streaming is measured against."""
     from serve.bench.offline import OfflineTranscriber
 
-    return word_error_rate(speech.text, OfflineTranscriber().transcribe(speech.path))
+    offline = OfflineTranscriber()
+    return word_error_rate(speech.text, " ".join(offline.transcribe(clip.path) for clip in speech.clips))
 
 
 # -- text ----------------------------------------------------------------------------
@@ -228,7 +274,21 @@ class PageSession:
         )
 
     def finals(self) -> list[str]:
-        return list(self.page.eval_on_selector_all("#finals > .final", "els => els.map(e => e.textContent)"))
+        return list(self.page.eval_on_selector_all("#lines > .line > .final", "els => els.map(e => e.textContent)"))
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Each utterance line: its time chip as drawn (CSS ``::before``; "" when none) and its finals."""
+        return list(
+            self.page.eval_on_selector_all(
+                "#lines > .line",
+                """els => els.map(e => ({
+                    chip: (c => c === "none" || c === "normal" ? "" : JSON.parse(c))(getComputedStyle(e, "::before").content),
+                    start: Number(e.dataset.start), end: Number(e.dataset.end),
+                    finals: [...e.querySelectorAll(".final")].map(f => ({
+                        text: f.textContent, start: Number(f.dataset.start), end: Number(f.dataset.end) })),
+                }))""",
+            )
+        )
 
 
 @pytest.fixture
@@ -269,26 +329,28 @@ def _record_received(socket: Socket, payload: str | bytes) -> None:
 # -- tests ---------------------------------------------------------------------------------
 
 
-def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Clip, offline_wer: float) -> None:
+def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Speech, offline_wer: float) -> None:
     session = open_page()
     page = session.page
     page.click("#start")
     started = time.monotonic()
     session.wait_state("listening", timeout_s=60)
 
-    # Mid-transcript: some finals committed and a partial after them (or, failing that, any text).
+    # Mid-transcript: a line committed and the partial of the next utterance on a line of its own (or, failing
+    # that, a line with the partial after it, or any text).
+    shown_lines = "document.querySelectorAll('#lines > .line').length + !document.getElementById('pending').hidden"
+    partial_shown = "document.getElementById('partial').textContent.trim().length > 0"
     try:
-        page.wait_for_function(
-            "document.querySelectorAll('#finals > .final').length >= 3"
-            " && document.getElementById('partial').textContent.trim().length > 0",
-            timeout=30_000,
-        )
+        page.wait_for_function(f"{shown_lines} >= 2 && {partial_shown}", timeout=40_000)
     except PlaywrightTimeoutError:
-        page.wait_for_selector("#finals > .final", timeout=30_000)
+        try:
+            page.wait_for_function(f"{shown_lines} >= 1 && {partial_shown}", timeout=10_000)
+        except PlaywrightTimeoutError:
+            page.wait_for_selector("#lines .final", timeout=30_000)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
-    played_s = LEAD_SILENCE_S + speech.duration_s + TAIL_SILENCE_S
+    played_s = speech.duration_s
     time.sleep(max(0.0, started + played_s + 0.5 - time.monotonic()))
     _wait_until_text_settles(session, quiet_s=2.0, limit_s=15.0)
     sample_rate = page.evaluate("asrPage.sampleRate")
@@ -315,26 +377,53 @@ def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Cli
     [end] = socket.received_of("end")
     assert end["duration"] == pytest.approx(sum(len(f) for f in frames) / 4 / sample_rate, abs=0.01)
 
-    # The transcript: one element per non-empty final, in the order they came.
+    # The transcript: one element per non-empty final, in the order they came, grouped into utterance lines.
+    received_finals = [m for m in socket.received_of("final") if m["text"].strip()]
     finals = session.finals()
-    assert finals == [m["text"].strip() for m in socket.received_of("final") if m["text"].strip()]
-    starts = page.eval_on_selector_all("#finals > .final", "els => els.map(e => Number(e.dataset.start))")
+    assert finals == [m["text"].strip() for m in received_finals]
+    assert page.eval_on_selector_all("#lines > *", "els => els.every(e => e.classList.contains('line'))")
+    assert all(page.eval_on_selector_all("#lines .final", "els => els.map(e => e.title.includes('→'))"))
+    lines = session.lines()
+    gap, long_line = page.evaluate(
+        "import('./transcript.js').then((m) => [m.LINE_GAP_SECONDS, m.LONG_LINE_SECONDS])"
+    )
+    assert [[f["text"] for f in line["finals"]] for line in lines] == [
+        [m["text"].strip() for m in group] for group in utterance_lines(received_finals, gap, long_line)
+    ]
+    groups = utterance_lines(received_finals, gap, long_line)
+    for line, group in zip(lines, groups, strict=True):  # one time per line: its first final's start
+        assert line["start"] == pytest.approx(group[0]["start"], abs=0.005)
+        assert line["chip"] == clock(group[0]["start"])
+    starts = [line["start"] for line in lines]
     assert starts == sorted(starts)
-    assert all(page.eval_on_selector_all("#finals > .final", "els => els.map(e => e.title.includes('→'))"))
+    chips = sum(bool(line["chip"]) for line in lines)
+    print(
+        f"\npage: {len(finals)} finals in {len(lines)} lines, {chips} time chips "
+        f"(one chip per final before lines: {len(finals)})"
+    )
+    # Finals come in pieces (words become final as two decodes agree); the pause between the clips makes two lines.
+    assert chips == len(lines)
+    assert len(SPEECH_IDS) <= len(lines) < len(finals), [[f["text"] for f in line["finals"]] for line in lines]
     hypothesis = " ".join(finals)
     wer = word_error_rate(speech.text, hypothesis)
     print(
-        f"\npage WER {wer:.3f}  offline WER {offline_wer:.3f}\n  reference: {normalize(speech.text)}"
+        f"page WER {wer:.3f}  offline WER {offline_wer:.3f}\n  reference: {normalize(speech.text)}"
         f"\n  page:      {normalize(hypothesis)}"
     )
     assert wer <= WER_RATIO * offline_wer + WER_SLACK, (wer, offline_wer, hypothesis)
 
-    # The partial is one element whose text is replaced, never appended to.
+    # The partial is one element whose text is replaced, never appended to; it sits after the last line's text,
+    # or on a line of its own when it begins a new utterance.
     log = session.log()
     snapshots = log["snapshots"]
     assert {s["partialElements"] for s in snapshots} == {1}
     assert {s["partialChildren"] for s in snapshots} == {0}
-    assert all(None not in s["finals"] for s in snapshots), "a child of #finals that is not a .final"
+    assert all(None not in s["lines"] for s in snapshots), "a child of #lines that is not a .line"
+    assert all(None not in line for s in snapshots for line in s["lines"]), "a child of a .line that is not a .final"
+    assert {s["partialIn"] for s in snapshots} <= {"pending", "last line"}
+    assert "pending" in {s["partialIn"] for s in snapshots if s["partial"].strip() and s["lines"]}, (
+        "the second utterance's partial never began a line of its own"
+    )
     partials = [s["partial"] for s in snapshots if s["partial"].strip()]
     assert len(set(partials)) >= 2, partials
     for s in snapshots:  # a final that came from a partial is never shown twice
@@ -342,27 +431,101 @@ def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Cli
         partial = normalize(s["partial"])
         assert not (len(partial.split()) >= 2 and shown_finals.endswith(partial)), s
     assert not repeated_ngrams(hypothesis) - repeated_ngrams(speech.text)
-    assert page.text_content("#partial") == ""
+    assert page.text_content("#partial") == "" and page.is_hidden("#pending")
     assert page.is_hidden("#error"), page.text_content("#error")
     assert log["maxLevel"] > 0.2  # the meter moved with the speech
     assert not session.page_errors
 
-    # Copy and download give the finals.
+    # Partials are shown at once: each partial message's text is on the page before the next message arrives.
+    received = log["received"]
+    delays = []
+    for i, r in enumerate(received):
+        if r["message"]["type"] != "partial":
+            continue
+        text = r["message"]["text"]
+        until = received[i + 1]["t"] if i + 1 < len(received) else r["t"] + 1000
+        shown = [s["t"] for s in snapshots if r["t"] <= s["t"] <= until and s["partial"] == text]
+        if shown:
+            delays.append(shown[0] - r["t"])
+        else:  # the same text as the partial already shown: nothing to change
+            before = [s["partial"] for s in snapshots if s["t"] <= r["t"]]
+            assert (before[-1] if before else "") == text, (text, before[-1:])
+    assert delays and max(delays) < 250, delays
+    # ... so words are read before they are final: each final word's first sight on the page, by the bench's rule.
+    sights = word_sights(page_messages(snapshots))
+    assert [w.word for w in sights] == [w for text in finals for w in text.split()]
+    early = [w.final - w.seen for w in sights if w.seen < w.final]
+    print(
+        f"page: {len(early)}/{len(sights)} words shown as a partial before their final, "
+        f"by {statistics.median(early) / 1000 if early else 0:.2f} s (median); partials on the page "
+        f"{max(delays):.0f} ms after they arrived at most"
+    )
+    assert len(early) >= len(sights) / 2, [(w.word, w.seen, w.final) for w in sights]
+
+    # Copy and download give the lines: .txt one per line, .srt/.vtt one cue per line.
+    line_texts = [" ".join(f["text"] for f in line["finals"]) for line in lines]
+    expected_text = "".join(f"{text}\n" for text in line_texts)
     page.click("#copy")
-    assert normalize(page.evaluate("navigator.clipboard.readText()")) == normalize(hypothesis)
+    assert page.evaluate("navigator.clipboard.readText()") == expected_text
     exports = {}
     for kind in ("txt", "srt", "vtt"):
         with page.expect_download() as download:
             page.click(f"#download-{kind}")
         assert download.value.suggested_filename.endswith(f".{kind}")
         exports[kind] = Path(download.value.path()).read_text(encoding="utf-8")
+    assert exports["txt"] == expected_text
     assert normalize(exports["txt"]) == normalize(hypothesis)
     assert exports["vtt"].startswith("WEBVTT\n\n")
     for kind, comma in (("srt", ","), ("vtt", ".")):
         cues = re.findall(rf"(\d\d:\d\d:\d\d{comma}\d{{3}}) --> (\d\d:\d\d:\d\d{comma}\d{{3}})\n(.+)\n", exports[kind])
-        assert [text for _, _, text in cues] == finals
+        assert [text for _, _, text in cues] == line_texts
+        assert [(start, end) for start, end, _ in cues] == [
+            (timestamp(group[0]["start"], comma), timestamp(max(m["end"] for m in group), comma)) for group in groups
+        ]
         times = [t for start, end, _ in cues for t in (start, end)]
         assert times == sorted(times)
+
+
+def utterance_lines(finals: list[dict[str, Any]], gap: float, long_line: float) -> list[list[dict[str, Any]]]:
+    """The page's grouping (web/transcript.js), from the finals it received: a new line when a final starts more
+    than ``gap`` s after the line's end, or after a sentence end once the line spans ``long_line`` s."""
+    lines: list[list[dict[str, Any]]] = []
+    for final in finals:
+        if lines:
+            start, end = lines[-1][0]["start"], max(f["end"] for f in lines[-1])
+            sentence_end = re.search(r"[.?!…][\"'”’)\]]*$", lines[-1][-1]["text"].strip())
+            if final["start"] - end <= gap and not (end - start >= long_line and sentence_end):
+                lines[-1].append(final)
+                continue
+        lines.append([final])
+    return lines
+
+
+def page_messages(snapshots: list[dict[str, Any]]) -> list[Received]:
+    """What the page showed, as messages for ``scoring.word_sights``: a final per final element added, a partial
+    per change of the partial's text (its words are the final's words split on spaces; times are the page's ms)."""
+    messages, finals, partial = [], 0, ""
+    for s in snapshots:
+        for text in s["finals"][finals:]:
+            words = tuple(text.split())
+            messages.append(Received("final", s["t"], text, word_ends=(0.0,) * len(words), word_texts=words))
+        finals = len(s["finals"])
+        if s["partial"] != partial:
+            partial = s["partial"]
+            messages.append(Received("partial", s["t"], partial))
+    return messages
+
+
+def clock(seconds: float) -> str:
+    """web/transcript.js formatClock, under an hour."""
+    whole = int(max(0.0, seconds))
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """web/transcript.js formatTimestamp."""
+    ms = math.floor(max(0.0, seconds) * 1000 + 0.5)  # Math.round
+    return f"{ms // 3_600_000:02d}:{ms % 3_600_000 // 60_000:02d}:{ms % 60_000 // 1000:02d}{separator}{ms % 1000:03d}"
 
 
 def _wait_until_text_settles(session: PageSession, *, quiet_s: float, limit_s: float) -> None:
@@ -372,7 +535,7 @@ def _wait_until_text_settles(session: PageSession, *, quiet_s: float, limit_s: f
     last_change = time.monotonic()
     while time.monotonic() < deadline:
         now = session.page.evaluate(
-            "[...document.querySelectorAll('#finals > .final')].length + '|' + "
+            "[...document.querySelectorAll('#lines .final')].length + '|' + "
             "document.getElementById('partial').textContent"
         )
         if now != last:
@@ -469,12 +632,12 @@ def test_reconnects_after_an_unexpected_close(open_page: Any) -> None:
 
     page.route_web_socket(re.compile(r".*/v1/listen.*"), stand_in_server)
     page.click("#start")
-    page.wait_for_selector("#finals > .final", timeout=20_000)
+    page.wait_for_selector("#lines .final", timeout=20_000)
     states = session.log()["states"]
     assert "reconnecting" in states and states.index("reconnecting") < len(states) - 1
     assert len(connections) == 2
     # The second connection's times follow the audio already sent on the first (1 s frame).
-    assert float(page.get_attribute("#finals > .final", "data-start")) == pytest.approx(1.2, abs=0.01)
+    assert float(page.get_attribute("#lines .final", "data-start")) == pytest.approx(1.2, abs=0.01)
     assert any("lost" in e for e in session.log()["errors"])
     assert page.is_hidden("#error")  # the connection error clears once connected again
     page.click("#stop")
@@ -491,9 +654,19 @@ def test_page_modules(open_page: Any) -> None:
         const { Transcript, formatTimestamp, formatClock } = await import("./transcript.js");
         const { levelFromRms } = await import("./audio-input.js");
         const t = new Transcript();
-        t.add({ text: " Hello <there> & you ", start: 0.5, end: 1.25 });
-        t.add({ text: "   ", start: 1.3, end: 1.4 });
-        t.add({ text: "Later.", start: 4.0, end: 3661.0015 });
+        const added = [
+          t.add({ text: " Hello <there> & you ", start: 0.5, end: 1.25 }),
+          t.add({ text: "   ", start: 1.3, end: 1.4 }),
+          t.add({ text: "again", start: 2.25, end: 2.5 }),  // 1 s after: the same line
+          t.add({ text: "Later.", start: 3.51, end: 3661.0015 }),  // more than 1 s after: a new line
+        ].map((a) => a && a.newLine);
+        const gap = new Transcript();
+        gap.add({ text: "a", start: 0, end: 1 });
+        // Continuous speech: a line that spans 15 s ends at the next sentence end.
+        const long = new Transcript();
+        for (const [text, start, end] of [["One.", 0, 8], ["Two", 8.2, 15], ["three.", 15.1, 16], ["Four", 16.2, 17]]) {
+          long.add({ text, start, end });
+        }
         return {
           secure: listenUrl("https://asr.example.com/app/index.html?language=de#x",
                             { sampleRate: 48000, language: "auto", token: "k y" }),
@@ -501,7 +674,8 @@ def test_page_modules(open_page: Any) -> None:
           delays: [1, 2, 3, 10, 30].map((n) => [backoffMs(n, () => 0), backoffMs(n, () => 1)]),
           retry: RETRY,
           stamps: [formatTimestamp(3661.0015, ","), formatTimestamp(0, "."), formatClock(59.9), formatClock(3725)],
-          text: t.toText(), srt: t.toSrt(), vtt: t.toVtt(),
+          text: t.toText(), srt: t.toSrt(), vtt: t.toVtt(), lines: t.lineTexts(), added,
+          longLines: long.lineTexts(), startsLine: [new Transcript().startsLine(0), gap.startsLine(2), gap.startsLine(2.01)],
           levels: [levelFromRms(0), levelFromRms(1), levelFromRms(0.001), levelFromRms(0.01)],
         };
     }"""
@@ -518,12 +692,16 @@ def test_page_modules(open_page: Any) -> None:
         expected = min(ceiling, base * 2 ** (attempt - 1))
         assert (low, high) == (round(expected * 0.75), round(expected * 1.25))
     assert result["stamps"] == ["01:01:01,002", "00:00:00.000", "0:59", "1:02:05"]
-    assert result["text"] == "Hello <there> & you\n\nLater.\n"
+    assert result["added"] == [True, None, False, True]
+    assert result["lines"] == ["Hello <there> & you again", "Later."]
+    assert result["text"] == "Hello <there> & you again\nLater.\n"
     assert result["srt"] == (
-        "1\n00:00:00,500 --> 00:00:01,250\nHello <there> & you\n\n2\n00:00:04,000 --> 01:01:01,002\nLater.\n"
+        "1\n00:00:00,500 --> 00:00:02,500\nHello <there> & you again\n\n2\n00:00:03,510 --> 01:01:01,002\nLater.\n"
     )
     assert result["vtt"] == (
-        "WEBVTT\n\n00:00:00.500 --> 00:00:01.250\nHello &lt;there&gt; &amp; you\n\n"
-        "00:00:04.000 --> 01:01:01.002\nLater.\n"
+        "WEBVTT\n\n00:00:00.500 --> 00:00:02.500\nHello &lt;there&gt; &amp; you again\n\n"
+        "00:00:03.510 --> 01:01:01.002\nLater.\n"
     )
+    assert result["longLines"] == ["One. Two three.", "Four"]
+    assert result["startsLine"] == [True, False, True]  # a pause of more than 1 s begins a line
     assert result["levels"] == [0, 1, 0, pytest.approx(1 / 3)]
