@@ -42,6 +42,11 @@ class Gate:
             self._digests += [hashlib.sha256(k.strip().encode()).digest() for k in env_keys if k.strip()]
         self._origins = frozenset(options.allowed_origins)
 
+    @property
+    def keyless(self) -> bool:
+        """No API key is needed (auth is off): then the per-address stream cap applies."""
+        return not self._digests
+
     def check(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Raise ``unauthorized`` (close 1008) unless the origin and the key are acceptable."""
         origin = headers.get("origin")

@@ -100,14 +100,6 @@ class Ingress:
             raise HTTPException(404)
         return FileResponse(path)
 
-    def _keyless(self) -> bool:
-        """Whether auth is off: the gate lets in a client that presents no key."""
-        try:
-            self.gate.check({}, {})
-        except ProtocolError:
-            return False
-        return True
-
     def open_session(self, ws: WebSocket, facts: ModelFacts) -> Session:
         """Check who is asking, what they ask for and whether there is room; raises a fatal ProtocolError."""
         self.gate.check(ws.headers, ws.query_params)
@@ -123,7 +115,7 @@ class Ingress:
         # (FORWARDED_ALLOW_IPS, by default 127.0.0.1 only).
         client = ws.client.host if ws.client else "unknown"
         per_client = self.limits.max_streams_per_client
-        if per_client and self._keyless() and sum(s.client == client for s in self.sessions.values()) >= per_client:
+        if per_client and self.gate.keyless and sum(s.client == client for s in self.sessions.values()) >= per_client:
             raise ProtocolError(
                 "overloaded", f"{client} holds its maximum of {per_client} streams (limits.max_streams_per_client)",
                 CLOSE_TRY_LATER,

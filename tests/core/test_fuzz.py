@@ -139,6 +139,7 @@ def test_the_gate_lets_in_exactly_the_key_from_an_allowed_origin(headers, query)
 )
 def test_keys_from_the_file_as_digests_and_from_the_environment(keys, env, token, ok):
     gate = Gate(AuthOptions(api_keys=keys, api_keys_env="ASR_KEYS"), environ=env)
+    assert gate.keyless == (not keys and not env["ASR_KEYS"].strip())  # the per-address cap applies only then
     query = {"token": token} if token else {}
     if ok:
         gate.check({}, query)
