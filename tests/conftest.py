@@ -101,11 +101,24 @@ def serve_yaml() -> dict:
 
 
 def free_port() -> int:
+    """A port free now, outside the kernel's ephemeral range (32768-60999) and Ray's worker ports (10002-19999).
+
+    A port the kernel hands out for port 0 could be handed again, between this call and the bind by the server it
+    is meant for, to one of the processes Ray starts meanwhile (CI once saw a cluster node's metrics agent fail
+    with "Address already in use"); a port from this range is never handed out for port 0."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 @pytest.fixture(scope="session")
