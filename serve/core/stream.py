@@ -539,15 +539,21 @@ class StreamProcessor:
         return self.run(state, np.zeros(0, np.int16), decode, finalize=True)
 
 
+def advance(call: CallSteps, result: DecodeResult | None) -> DecodeJob | list[Message]:
+    """Send ``result`` into the call (None starts it, or reports a shed job): its next job, or its messages once
+    it is done. Every driver steps a call with this, in-line (``drive``) or across awaits (the BufferManager)."""
+    try:
+        return call.send(result)
+    except StopIteration as done:
+        return done.value
+
+
 def drive(call: CallSteps, decode: Callable[[DecodeJob], DecodeResult | None]) -> list[Message]:
     """Run one call in-line: ``decode`` answers each job it yields (None sheds an optional one)."""
-    result: DecodeResult | None = None
-    while True:
-        try:
-            job = call.send(result)  # None first: starts the call
-        except StopIteration as done:
-            return done.value
-        result = decode(job)
+    step = advance(call, None)
+    while isinstance(step, DecodeJob):
+        step = advance(call, decode(step))
+    return step
 
 
 def _common_prefix(previous: list[Word], current: list[Word]) -> int:

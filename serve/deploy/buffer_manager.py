@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, ModelFacts, Shed
 from serve.core.messages import Final, Partial
-from serve.core.stream import CallSteps, DecodeJob, StreamingOptions, StreamProcessor, StreamState
+from serve.core.stream import DecodeJob, StreamingOptions, StreamProcessor, StreamState, advance
 from serve.deploy.retry import answer_within, retry_dead_replica
 
 WHISPER_RETRY_S = 30.0
@@ -66,9 +66,9 @@ class BufferManager:
         call = self.processor.steps(state, pcm, finalize)
         # The VAD on a chunk is milliseconds of CPU: the first step runs in a thread so other calls interleave.
         # (A StopIteration cannot cross into an asyncio future, so it is caught in the thread.)
-        step = await asyncio.to_thread(_advance, call, None)
+        step = await asyncio.to_thread(advance, call, None)
         while isinstance(step, DecodeJob):
-            step = _advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
+            step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
         return Processed(state, step)
 
     async def decode(self, request: DecodeRequest, optional: bool, eager: bool = False) -> DecodeResult | None:
@@ -86,11 +86,3 @@ class BufferManager:
             raise DecodeError(f"{result.kind}: {result.message}")
         assert isinstance(result, DecodeResult)
         return result
-
-
-def _advance(call: CallSteps, result: DecodeResult | None) -> DecodeJob | list[Partial | Final]:
-    """Send ``result`` into the call (None starts it, or reports a shed job): its next job, or its messages."""
-    try:
-        return call.send(result)
-    except StopIteration as done:
-        return done.value
