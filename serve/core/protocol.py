@@ -160,9 +160,17 @@ class StreamProtocol:
         Returns the seconds of audio it added. Raises ProtocolError: fatal ones end the stream, the others are
         reported and the stream goes on.
         """
-        limits = self.limits
         # Text arrives decoded: count its UTF-8 bytes, what the client sent, not its characters.
         size = len(data) if data is not None else len((text or "").encode("utf-8", "surrogatepass"))
+        self.admit(size, now)
+        if data is not None:
+            return self._audio(data, now)
+        self.control(finalize=isinstance(parse_client_text(text or ""), Finalize))
+        return 0.0
+
+    def admit(self, size: int, now: float) -> None:
+        """The rules every message meets before it is read: the message rate, then its size as sent (bytes)."""
+        limits = self.limits
         if not self.messages.take(1, now):
             raise ProtocolError(
                 "rate_limited",
@@ -173,19 +181,18 @@ class StreamProtocol:
             raise ProtocolError(
                 "too_large", f"message of {size} bytes exceeds the {limits.max_frame_bytes}-byte limit", CLOSE_TOO_LARGE
             )
-        if data is not None:
-            return self._audio(data, now)
-        control = parse_client_text(text or "")
+
+    def control(self, finalize: bool) -> None:
+        """A turn end (``finalize``) or the end of the stream (``stop``), as the client asked."""
         if self.ending is not None:
-            return 0.0  # a stop that crossed the server's own ending (max_duration, idle_timeout)
+            return  # a stop that crossed the server's own ending (max_duration, idle_timeout)
         if self.stopped:
             raise ProtocolError("bad_message", "the stream is stopping")
-        if isinstance(control, Finalize):
+        if finalize:
             if not self.turn_ends or self.turn_ends[-1] != self.queued:
                 self.turn_ends.append(self.queued)  # the turn ends here: later audio is the next turn's
         else:
             self.stopped = True
-        return 0.0
 
     def _audio(self, data: bytes, now: float) -> float:
         limits = self.limits

@@ -19,7 +19,9 @@ WHISPER_LANGUAGES = frozenset(
     "id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl ps pt ro ru "
     "sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh".split()
 )
-KNOWN_PARAMS = frozenset({"sample_rate", "encoding", "language", "task", "interim_results", "token"})
+KNOWN_PARAMS = frozenset({"sample_rate", "encoding", "language", "task", "interim_results", "token", "prompt"})
+MAX_PROMPT_CHARS = 400
+"""A vocabulary prompt's bound: with ``streaming.prompt_chars`` of committed text it fits Whisper's 223-token prompt."""
 
 
 class StreamParams(BaseModel):
@@ -32,6 +34,8 @@ class StreamParams(BaseModel):
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
     interim_results: bool = True
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    """Names and jargon to expect: they seed the stream's Whisper prompt (its vocabulary)."""
     token: str | None = Field(None, repr=False)
     """Checked by the Ingress's auth gate before the params; never shown."""
 
@@ -78,5 +82,8 @@ class Session:
 
     def __post_init__(self) -> None:
         language = None if self.params.language == "auto" else self.params.language
-        self.state = StreamState(language=language, task=self.params.task, interim=self.params.interim_results)
+        self.state = StreamState(
+            language=language, task=self.params.task, interim=self.params.interim_results,
+            vocabulary=" ".join(self.params.prompt.split()),
+        )
         self.decoder = PcmDecoder(self.params.encoding, self.params.sample_rate)

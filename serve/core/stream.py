@@ -159,6 +159,8 @@ class StreamState:
     committed: list[Word] = field(default_factory=list)
     """Committed words still inside the window: the decoder is made to begin with them (prefix)."""
     prompt: str = ""
+    vocabulary: str = ""
+    """Names and jargon the client expects (a ``prompt``, ``keyterm``s): always at the head of Whisper's prompt."""
     last_final_end: float = 0.0
     decoded_until: int = 0
     """End sample of the last decode that counts for agreement (any kind but ``eager``)."""
@@ -348,7 +350,7 @@ class StreamProcessor:
     def request(self, state: StreamState, window: Window) -> DecodeRequest:
         return DecodeRequest(
             state.window_audio(window),
-            prompt=state.prompt,
+            prompt=f"{state.vocabulary} {state.prompt}".strip() if state.vocabulary else state.prompt,
             prefix=join_words(state.committed),
             language=state.language,
             task=state.task,

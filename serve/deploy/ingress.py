@@ -11,11 +11,13 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.core.audio import SAMPLE_RATE
 from serve.core.auth import Gate
+from serve.core.dialects import deepgram, realtime
 from serve.core.engine import ModelFacts
 from serve.core.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError
 from serve.core.messages import Ready
 from serve.core.session import Session, StreamParams
 from serve.core.settings import IngressOptions
+from serve.deploy import compat
 from serve.deploy.buffer_manager import Unavailable
 from serve.deploy.metrics import IngressMetrics
 from serve.deploy.retry import answer_within
@@ -106,6 +108,17 @@ class Ingress:
         params = StreamParams.from_query(
             ws.query_params, default_language=self.default_language, multilingual=facts.multilingual
         )
+        return self.admit(ws, params)
+
+    def admit(self, ws: WebSocket, params: StreamParams) -> Session:
+        """Open a session if there is room (per replica, and per client address with auth off); raises a fatal
+        ProtocolError. Every endpoint's streams share these caps (v1 and the compatible dialects)."""
+        languages = self._facts.languages if self._facts else ()
+        if languages and params.language not in (*languages, "auto", None):  # e.g. large-v3's "yue" on base
+            raise ProtocolError(
+                "bad_message", f"the model {self._facts.model} does not know language {params.language!r}",  # type: ignore[union-attr]
+                CLOSE_POLICY,
+            )
         if len(self.sessions) >= self.limits.max_streams:
             raise ProtocolError(
                 "overloaded", f"this server holds its maximum of {self.limits.max_streams} streams; try again later",
@@ -124,6 +137,16 @@ class Ingress:
         self.sessions[session.id] = session  # no await since the count: the limit holds
         self.metrics.open_streams.set(len(self.sessions))
         return session
+
+    @app.websocket(deepgram.PATH)
+    async def deepgram_listen(self, ws: WebSocket) -> None:
+        """Deepgram's live API, for Deepgram's SDKs with base URL ``ws://HOST:8000/deepgram`` (serve/deploy/compat.py)."""
+        await compat.serve_deepgram(self, ws)
+
+    @app.websocket(realtime.PATH)
+    async def realtime_transcription(self, ws: WebSocket) -> None:
+        """OpenAI's Realtime transcription session, for OpenAI's SDKs with ``base_url=http://HOST:8000/v1``."""
+        await compat.serve_realtime(self, ws)
 
     @app.websocket("/v1/listen")
     async def listen(self, ws: WebSocket) -> None:

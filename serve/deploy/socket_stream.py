@@ -13,8 +13,8 @@ from fastapi import WebSocket
 from ray.serve.handle import DeploymentHandle
 
 from serve.core.errors import CLOSE_INTERNAL, CLOSE_NORMAL, ProtocolError
-from serve.core.messages import End, Error, Final
-from serve.core.protocol import Call, StreamProtocol
+from serve.core.messages import End, Error, Final, Partial
+from serve.core.protocol import Call, Outgoing, StreamProtocol
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
 from serve.deploy.metrics import IngressMetrics
@@ -87,7 +87,7 @@ class SocketStream:
                 raise StreamClosed("client disconnected")
             else:
                 try:
-                    seconds = self.protocol.receive(message.get("bytes"), message.get("text"), time.monotonic())
+                    seconds = await self.receive(message.get("bytes"), message.get("text"))
                 except ProtocolError as exc:
                     await self.fail(exc)
                     continue
@@ -100,6 +100,7 @@ class SocketStream:
             await self.wake.wait()
             self.wake.clear()
             while (call := self.protocol.next_call()) is not None:
+                self.before_call()
                 await self.process(call)
             if self.protocol.done:
                 receiving.cancel()  # nothing the client sends now matters
@@ -107,10 +108,23 @@ class SocketStream:
                 if isinstance(ending, ProtocolError):
                     await self.fail(ending)
                 assert isinstance(ending, End)
-                await self.send(ending.to_json())
-                async with self.send_lock:
-                    await self.ws.close(CLOSE_NORMAL)
+                await self.ended(ending)
                 return
+
+    # -- what a dialect's socket (serve/deploy/compat.py) does its own way ---------------------------------------
+    async def receive(self, data: bytes | None, text: str | None) -> float:
+        """One client message (a binary frame's ``data`` or a text frame's ``text``) into the protocol; returns the
+        seconds of audio it added, raises ProtocolError."""
+        return self.protocol.receive(data, text, time.monotonic())
+
+    def before_call(self) -> None:
+        """Settings the client changed mid-stream go into the stream state that travels with the next call."""
+
+    async def ended(self, end: End) -> None:
+        """The stream was flushed: protocol v1's ``end``, then close 1000."""
+        await self.send(end.to_json())
+        async with self.send_lock:
+            await self.ws.close(CLOSE_NORMAL)
 
     async def process(self, call: Call) -> None:
         session = self.session
@@ -128,11 +142,21 @@ class SocketStream:
             await self.fail(ProtocolError("internal", reason, CLOSE_INTERNAL))
             return
         session.state = processed.state
-        for out in self.protocol.deliver(processed.messages, time.monotonic()):
+        await self.deliver(call, processed.messages)
+
+    async def deliver(self, call: Call, messages: list[Partial | Final]) -> None:
+        """Count a call's results and send them (``results``)."""
+        outgoing = self.protocol.deliver(messages, time.monotonic())
+        for out in outgoing:
             if isinstance(out.message, Final):
                 self.metrics.finals.inc()
                 self.metrics.final_lag.observe(out.lag)
             else:
                 self.metrics.partials.inc()
-            await self.send(out.message.to_json())
+        for text in self.results(call, messages, outgoing):
+            await self.send(text)
+
+    def results(self, call: Call, messages: list[Partial | Final], outgoing: list[Outgoing]) -> list[str]:
+        """What to send for a call's ``messages``: protocol v1's, each one the client asked for (``outgoing``)."""
+        return [out.message.to_json() for out in outgoing]
 
