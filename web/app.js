@@ -55,8 +55,14 @@ async function start(source) {
     sampleRate,
     handlers: {
       onState: setStatus,
-      onPartial: (message) => showPartial(message, current.base),
-      onFinal: (message) => addFinal(message, current.base),
+      onPartial: (message) => {
+        showDetected(message, current);
+        showPartial(message, current.base);
+      },
+      onFinal: (message) => {
+        showDetected(message, current);
+        addFinal(message, current.base);
+      },
       onServerError: (message) =>
         showError(`Server error ${message.code}: ${message.message}`, "server", message.code),
       onConnectionError: (text) => (text ? showError(text, "connection") : clearError("connection", "server")),
@@ -252,6 +258,13 @@ function showNotice(text) {
   noticeTimer = setTimeout(() => (ui.notice.textContent = ""), 3000);
 }
 
+/** With "Detect automatically", says which language the server detected (partials and finals carry it once known). */
+function showDetected(message, current) {
+  if (ui.language.value !== "auto" || !message.language || current.detected === message.language) return;
+  current.detected = message.language;
+  showNotice(`Detected language: ${languageName(message.language)}`);
+}
+
 function showLevel(level) {
   ui.level.style.setProperty("--level", level.toFixed(3));
   ui.level.setAttribute("aria-valuenow", level.toFixed(2));
@@ -277,6 +290,46 @@ function chooseLanguage(code) {
   ui.language.value = code;
 }
 
+const displayNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "language" }) : null;
+
+/** "German (de)"; Whisper's own codes that are not ISO (jw, haw) may have no name: the code alone. */
+function languageName(code) {
+  let name = "";
+  try {
+    name = displayNames?.of(code) ?? "";
+  } catch {
+    // not a code Intl knows
+  }
+  return name && name !== code ? `${name} (${code})` : code;
+}
+
+/** The languages the loaded model knows (its facts, from /healthz), the server's default first, then auto. */
+async function offerModelLanguages() {
+  let facts;
+  try {
+    const response = await fetch(new URL("healthz", location.href), { cache: "no-store" });
+    facts = response.ok ? await response.json() : null;
+  } catch {
+    facts = null;
+  }
+  if (!Array.isArray(facts?.languages) || !facts.languages.length) return; // keep the page's own list
+  const wanted = linkedLanguage || remembered("language"); // the reader's own choice, else the server's default
+  const fallback = facts.languages.includes(facts.default_language) ? facts.default_language : facts.languages[0];
+  const others = facts.languages
+    .filter((code) => code !== fallback)
+    .map((code) => new Option(languageName(code), code))
+    .sort((a, b) => a.text.localeCompare(b.text));
+  ui.language.replaceChildren(
+    new Option(languageName(fallback), fallback),
+    new Option("Detect automatically", "auto"),
+    ...others,
+  );
+  ui.language.dataset.model = facts.model ?? "";
+  // A deep link keeps its code (the server judges it); a remembered one the model lacks gives way to the default.
+  if (linkedLanguage || wanted === "auto" || facts.languages.includes(wanted)) chooseLanguage(wanted);
+  else ui.language.value = facts.default_language === "auto" ? "auto" : fallback;
+}
+
 function remembered(key) {
   try {
     return localStorage.getItem(`asr.${key}`) ?? "";
@@ -295,7 +348,9 @@ function remember(key, value) {
 
 // -- wiring -------------------------------------------------------------------------------
 
-chooseLanguage(params.get("language") || remembered("language"));
+const linkedLanguage = params.get("language");
+chooseLanguage(linkedLanguage || remembered("language"));
+offerModelLanguages();
 refreshMicrophones();
 navigator.mediaDevices?.addEventListener?.("devicechange", refreshMicrophones);
 

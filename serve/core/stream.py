@@ -51,6 +51,10 @@ PREFIX_RETRY_S = 1.0
 UNHEARD_RETRY_S = 2.0
 """A final decode whose words end this long before the utterance's last voiced sample stopped early: the rest is
 decoded again after its words, instead of being trimmed away unheard."""
+LANGUAGE_PIN_PROBABILITY = 0.5
+"""With language=auto, a decode that heard words pins its detected language for the stream when the detector is
+at least this sure (faster-whisper's threshold too); else a later, longer window detects again, and the decode that
+commits the first utterance pins it whatever the probability."""
 
 
 class StreamingOptions(BaseModel):
@@ -299,7 +303,7 @@ class StreamProcessor:
         if not state.partial_text or state.hypothesis:
             return []
         state.partial_text = ""
-        return [Partial(text="", start=state.last_final_end, end=state.last_final_end)]
+        return [Partial(text="", start=state.last_final_end, end=state.last_final_end, language=state.language)]
 
     def _closed_window(self, state: StreamState) -> Window:
         """The window of the oldest closed utterance: all of it (a final), or its first ``max_buffer_s`` (forced)."""
@@ -359,8 +363,10 @@ class StreamProcessor:
     # -- results in -----------------------------------------------------------
     def apply(self, state: StreamState, window: Window, result: DecodeResult) -> list[Message]:
         """Fold one decode of ``window`` into the state; returns the messages to send."""
-        if state.language is None and result.language:
-            state.language = result.language  # auto-detected once, then pinned for the stream
+        if state.language is None and result.language and result.words and not result.dropped:
+            # Detected from speech (a window the VAD heard voiced, and Whisper heard words in), then pinned.
+            if result.language_probability >= LANGUAGE_PIN_PROBABILITY or window.kind not in (WindowKind.PARTIAL, WindowKind.EAGER):
+                state.language = result.language
         # The committed words of the window were forced as the prefix: these are all new...
         words = [w.shifted(window.start / SAMPLE_RATE) for w in result.words]
         # ...except that Whisper sometimes says the prefix's last word again, at the same time.
@@ -422,8 +428,8 @@ class StreamProcessor:
             return []
         state.partial_text = text
         if words:
-            return [Partial(text=text, start=words[0].start, end=words[-1].end)]
-        return [Partial(text="", start=state.last_final_end, end=state.last_final_end)]
+            return [Partial(text=text, start=words[0].start, end=words[-1].end, language=state.language)]
+        return [Partial(text="", start=state.last_final_end, end=state.last_final_end, language=state.language)]
 
     def _close_utterance(self, state: StreamState, window: Window, words: list[Word], messages: list[Message]) -> None:
         """Commit every word of the utterance ``window`` (a final) and trim past it."""
@@ -472,7 +478,7 @@ class StreamProcessor:
             floor = end
         state.committed.extend(final_words)
         state.last_final_end = final_words[-1].end
-        messages.append(Final.from_words(final_words))
+        messages.append(Final.from_words(final_words, state.language))
 
     def _context_cut(self, state: StreamState, end: int) -> int:
         """Where to trim so that only the committed words of the last ``context_s`` before ``end`` stay."""

@@ -70,7 +70,10 @@ class Ingress:
             cause = getattr(exc, "cause", None) or exc
             reason = str(cause) if isinstance(cause, Unavailable) else f"BufferManager: {type(cause).__name__}"
         else:
-            return JSONResponse({"status": "ok", "model": facts.model, "device": facts.device, "streams": len(self.sessions)})
+            return JSONResponse({
+                "status": "ok", "model": facts.model, "device": facts.device, "streams": len(self.sessions),
+                "languages": list(facts.languages), "default_language": self.default_language,  # the page's choices
+            })
         log.warning("healthz: unavailable (%s)", reason)
         return JSONResponse({"status": "unavailable", "reason": reason, "streams": len(self.sessions)}, status_code=503)
 
@@ -155,7 +158,8 @@ class Ingress:
         try:
             facts = await self.model_facts()
             session = self.open_session(ws, facts)
-            await ws.send_text(Ready(session=session.id, model=facts.model, sample_rate=SAMPLE_RATE).to_json())
+            ready = Ready(session=session.id, model=facts.model, sample_rate=SAMPLE_RATE, language=session.state.language)
+            await ws.send_text(ready.to_json())
             self.metrics.streams.inc()
             await SocketStream(ws, session, self.buffer_manager, self.limits, self.metrics).run()
         except ProtocolError as exc:  # refused before any audio was accepted

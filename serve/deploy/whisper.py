@@ -44,8 +44,9 @@ class Whisper:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
         log.info(
-            "Whisper %s on %s (%s), placement %s",
-            self.engine.model_name, self.engine.device, self.engine.compute_type, self.placement,
+            "Whisper %s on %s (%s), %d language(s), placement %s",
+            self.engine.model_name, self.engine.device, self.engine.compute_type, len(self.engine.languages),
+            self.placement,
         )
 
     def reconfigure(self, config: dict) -> None:

@@ -126,3 +126,36 @@ def test_int16_and_float32_audio_agree(engine, by_id, dtype):
     audio = load_audio(by_id["ls-1089-134691-0000"].path)
     pcm = (audio * 32767).astype(np.int16) if dtype is np.int16 else audio
     assert "could wait no longer" in " ".join(_words(engine.transcribe(DecodeRequest(pcm))))
+
+
+def test_a_batch_mixing_languages_and_tasks_gives_each_item_its_single_call(base_engine, foreign_speech, by_id):
+    """Whisper base: one batch of German, French, Spanish and English windows, some named, some to detect, some to
+    translate. Each item gets what it gets alone, and the batch costs one encode, one language detection (for the
+    items that ask), one generate, and one align per start sequence (language and task): CTranslate2 aligns a batch
+    under one, so that is the fewest there can be."""
+    de, fr, es = (foreign_speech[code].pcm for code in ("de", "fr", "es"))
+    requests = [
+        DecodeRequest(de),  # detected, transcribed
+        DecodeRequest(fr, language="fr", task="translate"),
+        DecodeRequest(es, language="es"),
+        DecodeRequest(es),  # detected: the same start sequence as the one before, so the same align
+        DecodeRequest(load_audio(by_id["ls-1089-134691-0000"].path)),  # real English, detected
+        DecodeRequest(de, task="translate"),  # detected, translated
+    ]
+    singles = [base_engine.transcribe(r) for r in requests]
+    with counting(base_engine) as calls:
+        batch = base_engine.transcribe_batch(requests)
+    assert [s.language for s in singles] == ["de", "fr", "es", "es", "en", "de"]
+    starts = {(s.language, r.task) for s, r in zip(singles, requests)}
+    assert len(starts) == 5
+    assert calls == {"encode": 1, "detect_language": 1, "generate": 1, "align": len(starts)}, calls
+    assert batch.stats.engine_calls == 1 and batch.stats.size == len(requests)
+    for single, batched in zip(singles, batch.results):
+        assert not isinstance(batched, Exception)
+        assert _words(batched) == _words(single) and len(_words(single)) >= 3
+        assert batched.language == single.language
+        assert batched.language_probability == pytest.approx(single.language_probability, abs=1e-4)
+        assert [(w.start, w.end) for w in batched.words] == [(w.start, w.end) for w in single.words]
+    texts = [" ".join(_words(result)) for result in batch.results]
+    assert "guten morgen" in texts[0] and "good morning" in texts[5] and "coffee" in texts[1], texts  # translated, or not
+    assert "could wait no longer" in texts[4]

@@ -332,6 +332,9 @@ def _record_received(socket: Socket, payload: str | bytes) -> None:
 def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Speech, offline_wer: float) -> None:
     session = open_page()
     page = session.page
+    # The language choices are the loaded model's (its facts, from /healthz; tiny.en: English alone) and auto.
+    page.wait_for_selector('#language[data-model="tiny.en"]', state="attached", timeout=15_000)
+    assert page.eval_on_selector_all("#language option", "options => options.map((o) => o.value)") == ["en", "auto"]
     page.click("#start")
     started = time.monotonic()
     session.wait_state("listening", timeout_s=60)
@@ -361,6 +364,7 @@ def test_microphone_transcript_matches_offline_model(open_page: Any, speech: Spe
     # The stream: declared rate = the AudioContext's, f32le, one 1 s frame per message.
     [socket] = session.sockets
     assert urlsplit(socket.url).path == "/v1/listen"
+    assert [m.get("language") for m in socket.received_of("ready")] == ["en"]
     assert socket.query == {
         "sample_rate": str(sample_rate),
         "encoding": "f32le",
