@@ -151,6 +151,8 @@ class LongRun:
     item: EvalItem
     audio: np.ndarray
     result: object  # serve.client.Transcript
+    decodes: dict[str, int]
+    """Whisper's decodes while it ran, by kind (final, partial, eager): all of them this stream's."""
     speed: float = 2.0
 
 
@@ -163,7 +165,14 @@ def long_run(service: Service, by_id: dict[str, EvalItem]) -> LongRun:
 
     item = by_id["ls-multispeaker-stream"]
     audio = load_audio(item.path)
-    return LongRun(item, audio, asyncio.run(stream_file(audio, service.ws, speed=LongRun.speed)))
+    before = service.summary()["whisper"]["decodes_by_kind"]
+    result = asyncio.run(stream_file(audio, service.ws, speed=LongRun.speed))
+    return LongRun(item, audio, result, kinds_since(before, service.summary()["whisper"]["decodes_by_kind"]))
+
+
+def kinds_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Counts by kind added between two ``/metrics/summary`` readings (one Whisper replica)."""
+    return {kind: after[kind] - before.get(kind, 0) for kind in after if after[kind] > before.get(kind, 0)}
 
 
 def check_finals(finals: list[dict], duration: float) -> None:

@@ -7,7 +7,10 @@ to decode, decode it anywhere (in a batch with other streams), hand the result t
 All of it lives in ``StreamState``, so the caller may keep nothing between calls.
 
 Commit rules (LocalAgreement-2, as in ufal/whisper_streaming):
-- a word is final once two consecutive decodes of the growing window agree on it;
+- a word is final once two consecutive decodes of the growing window agree on it, with ``commit_margin_s`` of
+  audio after it in the older one. The window is decoded after ``eager_step_s`` of new speech while the decoder
+  has room, else after ``min_step_s`` (a busy decoder sheds the sooner decodes: the stream's newer audio joins
+  its next decode), so the cadence, and how soon words are final, follows capacity;
 - when the VAD hears the speaker pause (endpointing) or the client sends
   ``finalize``, the whole utterance is decoded once more and everything is final;
 - the window never grows past ``max_buffer_s``: before that, words are force-committed
@@ -65,14 +68,15 @@ class StreamingOptions(BaseModel):
     vad: VadOptions = Field(default_factory=VadOptions)
     min_step_s: float = Field(
         1.5, ge=0.1, le=10.0,
-        description="New voiced audio needed before the window is decoded again for agreement (a partial decode "
-        "whose words may become final); two such decodes at least this far apart must agree.",
+        description="New voiced audio after which the window is decoded again even when the decoder is busy (a "
+        "partial decode, shed only past shed_partials_wait_s): the cadence under load, the floor of the step.",
     )
     eager_step_s: float = Field(
         0.5, ge=0.0, le=10.0,
-        description="New voiced audio after which the window is decoded sooner, when the decoder has room: an eager "
-        "decode, shown as a partial at once and never used for agreement, so it changes when words are first seen "
-        "but not which words become final. Shed first under load, so the step grows with load by itself. 0: off.",
+        description="New voiced audio after which the window is decoded sooner, when the decoder has room (an eager "
+        "decode): shown as a partial at once and compared for agreement like any partial decode, so words are seen "
+        "and become final at the cadence the decoder has room for. Shed first under load, so the step grows with "
+        "load by itself, up to min_step_s. 0: off.",
     )
     max_buffer_s: float = Field(
         15.0, ge=3.0, le=29.0, description="Uncommitted audio is force-committed before it grows past this."
@@ -118,8 +122,7 @@ class WindowKind(str, Enum):
     PARTIAL = "partial"
     """Decode the live window; commit what two consecutive decodes agree on."""
     EAGER = "eager"
-    """Decode the live window sooner than ``min_step_s``, when the decoder has room: a partial to show, nothing
-    committed, not compared for agreement."""
+    """Decode the live window sooner than ``min_step_s``, when the decoder has room; otherwise as ``PARTIAL``."""
     FINAL = "final"
     """The speaker paused (or finalize): commit every word of the window."""
     FORCE = "force"
@@ -167,9 +170,7 @@ class StreamState:
     """Names and jargon the client expects (a ``prompt``, ``keyterm``s): always at the head of Whisper's prompt."""
     last_final_end: float = 0.0
     decoded_until: int = 0
-    """End sample of the last decode that counts for agreement (any kind but ``eager``)."""
-    eager_until: int = 0
-    """End sample of the last eager decode."""
+    """End sample of the last decode of the window that agreement compares with."""
     heard_until: int = 0
     """End sample of the window whose decode gave ``hypothesis``."""
     pause_decoded: int = 0
@@ -286,8 +287,7 @@ class StreamProcessor:
         fresh = state.received - max(state.decoded_until, open_segment.start)
         if fresh >= opts.min_step_s * SAMPLE_RATE:
             return Window(WindowKind.PARTIAL, state.audio_start, state.received)
-        unseen = state.received - max(state.decoded_until, state.eager_until, open_segment.start)
-        if eager and opts.eager_step_s and unseen >= opts.eager_step_s * SAMPLE_RATE:
+        if eager and opts.eager_step_s and fresh >= opts.eager_step_s * SAMPLE_RATE:
             return Window(WindowKind.EAGER, state.audio_start, state.received)
         return None
 
@@ -373,10 +373,7 @@ class StreamProcessor:
         if words and state.committed and comparable(words[0].word) == comparable(state.committed[-1].word):
             if words[0].start < state.committed[-1].end + REPEAT_TOLERANCE_S:
                 words = words[1:]
-        if window.kind is WindowKind.EAGER:
-            state.eager_until = window.end
-            return self._show(state, words)
-        if window.kind is not WindowKind.PARTIAL:
+        if window.kind not in (WindowKind.PARTIAL, WindowKind.EAGER):
             # Words that start after the voiced audio (and its pad) were heard in silence: the decoder continued
             # its prompt there. A window's end clamps them to zero length. They are never committed.
             voiced = (state.closed[0].end if state.closed else state.vad.last_voiced) + self.options.vad.pad_samples  # type: ignore[operator]

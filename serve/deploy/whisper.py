@@ -35,6 +35,10 @@ class Whisper:
         self.batch_sizes: Counter[int] = Counter()
         self.decode_seconds = 0.0
         self.shed = 0
+        self.taken: Counter[str] = Counter()
+        """Requests taken, by kind: final (final, forced, pause windows), partial, eager."""
+        self.refused: Counter[str] = Counter()
+        """Optional requests shed, by kind."""
         self.metrics = WhisperMetrics()
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it assigned this replica, so the engine's device index 0
         # is the assigned GPU; with no GPU assigned the replica sees none (serve.deploy.app.HIDE_GPUS) and runs on CPU.
@@ -63,10 +67,13 @@ class Whisper:
     ) -> DecodeResult | DecodeFailure | Shed:
         """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind, an
         ``eager`` one unless it has room now."""
+        kind = "eager" if eager else "partial" if optional else "final"
         if not self.shedder.admit(optional, eager):
             self.shed += 1
+            self.refused[kind] += 1
             self.metrics.partials_shed.inc()
             return Shed()
+        self.taken[kind] += 1
         self.shedder.queued += 1
         try:
             return await self.decode_batch(request)
@@ -99,5 +106,7 @@ class Whisper:
             "batches": sum(self.batch_sizes.values()),
             "decode_seconds": round(self.decode_seconds, 3),
             "partials_shed": self.shed,
+            "decodes_by_kind": dict(self.taken),
+            "shed_by_kind": dict(self.refused),
             **self.placement,
         }

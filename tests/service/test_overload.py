@@ -16,7 +16,7 @@ from serve.bench.offline import OfflineTranscriber
 from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from tests.conftest import check_finals
+from tests.conftest import check_finals, kinds_since
 
 pytestmark = pytest.mark.serve
 
@@ -55,11 +55,11 @@ def third_lags(lags: list[tuple[float, float]], duration: float) -> tuple[float,
     return statistics.mean(middle), statistics.mean(last)
 
 
-def test_twice_the_cpu_capacity_keeps_finals_coming_and_lag_from_growing(service, by_id):
+def test_twice_the_cpu_capacity_keeps_finals_coming_and_lag_from_growing(service, by_id, long_run):
     clips = [by_id[LONG_SPEECH[i % len(LONG_SPEECH)]] for i in range(STREAMS)]
     audios = [load_audio(c.path) for c in clips]
     rng = random.Random(7)
-    shed_before = service.summary()["whisper"]["partials_shed"]
+    before = service.summary()["whisper"]
     max_buffer_s = service.args["streaming"]["max_buffer_s"]
 
     async def one(audio, delay):  # type: ignore[no-untyped-def]
@@ -70,7 +70,10 @@ def test_twice_the_cpu_capacity_keeps_finals_coming_and_lag_from_growing(service
         return await asyncio.gather(*(one(a, rng.uniform(0, 2)) for a in audios))
 
     results = asyncio.run(everyone())
-    shed = service.summary()["whisper"]["partials_shed"] - shed_before
+    after = service.summary()["whisper"]
+    shed = after["partials_shed"] - before["partials_shed"]
+    decodes = kinds_since(before["decodes_by_kind"], after["decodes_by_kind"])
+    refused = kinds_since(before["shed_by_kind"], after["shed_by_kind"])
     offline = OfflineTranscriber()
     report, failures = [], []
     for clip, audio, result in zip(clips, audios, results):
@@ -91,6 +94,14 @@ def test_twice_the_cpu_capacity_keeps_finals_coming_and_lag_from_growing(service
         # Complete: nothing committed was lost on the way (text is at most a little worse than offline).
         if streamed.wer > reference.wer + 0.10:
             failures.append(f"{clip.id}: WER {streamed.wer:.3f} vs offline {reference.wer:.3f}: {result.text}")
+    # Coalescing (counted, not timed): a busy Whisper refuses the sooner (eager) decodes and each stream's newer
+    # audio joins its next decode, so a second of speech gets fewer live-window decodes than alone.
+    live = lambda kinds: kinds.get("eager", 0) + kinds.get("partial", 0)  # noqa: E731
+    alone = live(long_run.decodes) / (long_run.audio.size / 16_000)
+    loaded = live(decodes) / (sum(a.size for a in audios) / 16_000)
+    print(f"live-window decodes per second of audio: alone {alone:.2f} {long_run.decodes}, "
+          f"{STREAMS} streams {loaded:.2f} {decodes}, shed {refused}")
+    assert refused.get("eager", 0) > 0 and loaded < 0.8 * alone, (alone, loaded, decodes, refused)
     print(f"{STREAMS} streams, {shed} partial decodes shed; "
           "(id, seconds, finals, longest gap without a final, mean lag middle / last third, WER, offline WER):")
     for row in report:
