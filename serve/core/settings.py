@@ -19,9 +19,13 @@ class BatchOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_batch_size: int = Field(16, ge=1, le=256, description="Most windows decoded in one engine call.")
-    batch_wait_timeout_s: float = Field(
-        0.02, ge=0.0, le=1.0, description="How long a batch waits to fill before it runs anyway."
+    max_batch_size: int | Literal["auto"] = Field(
+        "auto", description="Most windows decoded in one engine call; auto: 64 on a GPU (where the engine's gain "
+        "is, ../shared/DEVICE.md), 16 on a CPU (which gains little from batching).",
+    )
+    batch_wait_timeout_s: float | Literal["auto"] = Field(
+        "auto", description="How long a batch waits to fill before it runs anyway; auto: 0.01 s on a GPU (a decode "
+        "costs tens of ms there), 0.02 s on a CPU.",
     )
     shed_partials_wait_s: float = Field(
         1.0, ge=0.0, le=60.0,
@@ -33,6 +37,28 @@ class BatchOptions(BaseModel):
         description="An eager decode (a partial sooner than min_step_s) is taken only while a new request would wait "
         "at most this long: when the replica has room. Otherwise that audio joins the stream's next decode.",
     )
+
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _batch_size_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("max_batch_size must be from 1 to 256, or auto")
+        return value
+
+    @field_validator("batch_wait_timeout_s")
+    @classmethod
+    def _wait_in_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0.0 <= value <= 1.0:
+            raise ValueError("batch_wait_timeout_s must be from 0 to 1 s, or auto")
+        return value
+
+    def for_device(self, device: str) -> tuple[int, float]:
+        """(max_batch_size, batch_wait_timeout_s) on ``device`` ("cuda" or "cpu"), ``auto`` resolved."""
+        gpu = device == "cuda"
+        size = self.max_batch_size if isinstance(self.max_batch_size, int) else 64 if gpu else 16
+        wait = self.batch_wait_timeout_s if not isinstance(self.batch_wait_timeout_s, str) else 0.01 if gpu else 0.02
+        return size, wait
 
 
 class LimitOptions(BaseModel):

@@ -27,7 +27,7 @@ from serve.deploy.metrics import WhisperMetrics
 log = logging.getLogger("ray.serve")
 
 
-@serve.deployment(name="Whisper", max_ongoing_requests=256)
+@serve.deployment(name="Whisper", max_ongoing_requests=1024)
 class Whisper:
     def __init__(self, engine: dict | None = None) -> None:
         self.engine = BatchedWhisper(EngineOptions.model_validate(engine or {}))
@@ -56,8 +56,9 @@ class Whisper:
     def reconfigure(self, config: dict) -> None:
         """Live knobs from ``user_config``: batch size and wait, when to shed partial decodes."""
         options = BatchOptions.model_validate(config or {})
-        self.decode_batch.set_max_batch_size(options.max_batch_size)
-        self.decode_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        size, wait = options.for_device(self.engine.device)
+        self.decode_batch.set_max_batch_size(size)
+        self.decode_batch.set_batch_wait_timeout_s(wait)
         self.shedder.max_wait_s = options.shed_partials_wait_s
         self.shedder.eager_wait_s = options.eager_wait_s
         log.info("Whisper batching: %s", options)

@@ -71,6 +71,15 @@ def test_args_validate_as_app_settings_and_every_value_written_is_the_value_used
     assert {path: used.get(path, "<missing>") for path in written} == written
 
 
+def test_batching_is_chosen_per_device_unless_written():
+    from serve.core.settings import BatchOptions
+
+    auto = BatchOptions()
+    assert auto.for_device("cuda") == (64, 0.01) and auto.for_device("cpu") == (16, 0.02)
+    assert BatchOptions(max_batch_size=1, batch_wait_timeout_s=0.05).for_device("cuda") == (1, 0.05)
+    assert BatchOptions.model_validate({"max_batch_size": 256}).for_device("cpu")[0] == 256
+
+
 @pytest.mark.parametrize(
     "path,value",
     [
@@ -105,7 +114,28 @@ def test_every_deployment_autoscales_within_its_request_cap():
         assert "num_replicas" not in deployment, name
         assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"], name
         assert scaling["target_ongoing_requests"] < deployment["max_ongoing_requests"], name
-    assert deployments()["Ingress"]["max_replicas_per_node"] == 1
+
+
+NODE_STREAMS = 500
+"""Open streams one node (one GPU) must be able to hold with serve.yaml as written."""
+
+
+def test_one_node_holds_500_streams():
+    """With serve.yaml as written, nothing caps a single node below NODE_STREAMS open streams: Ingress replicas
+    (several per node) times each one's stream limit, and at every hop a request cap that one stream's single call
+    in flight fits in (a GPU node runs one Whisper replica, so that one takes every stream's decode)."""
+    from serve.core.settings import AppSettings
+
+    args = AppSettings.model_validate(serve_yaml()["applications"][0]["args"])
+    ingress, buffers, whisper = (deployments()[name] for name in ("Ingress", "BufferManager", "Whisper"))
+    per_node = ingress.get("max_replicas_per_node") or ingress["autoscaling_config"]["max_replicas"]
+    assert per_node * args.limits.max_streams >= NODE_STREAMS
+    assert args.limits.max_streams <= ingress["max_ongoing_requests"]  # a socket is one request for its whole life
+    assert buffers["autoscaling_config"]["max_replicas"] * buffers["max_ongoing_requests"] >= NODE_STREAMS
+    assert whisper["max_ongoing_requests"] >= NODE_STREAMS
+    # Autoscaling reaches the room before any cap: it adds Ingress replicas at target_ongoing_requests each.
+    ingress_scaling = ingress["autoscaling_config"]
+    assert ingress_scaling["max_replicas"] * ingress_scaling["target_ongoing_requests"] >= NODE_STREAMS
 
 
 def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
