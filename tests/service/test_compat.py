@@ -294,24 +294,30 @@ async def realtime_stream(client, audio: np.ndarray, *, speed: float = SPEED, tr
             }},
         })
 
+        def ids(kind: str) -> set[str]:
+            return {e.item_id for e in events if e.type == kind}
+
         async def listen():
             async for event in connection:
                 events.append(event)
-                if event.type == "conversation.item.input_audio_transcription.completed" and committed and (
-                    event.item_id == committed[0]
+                # Done once the commit was answered and every committed item (the server VAD's, the commit's) is
+                # completed: the server VAD may commit an utterance just before the client's commit arrives.
+                if event.type == "conversation.item.input_audio_transcription.completed" and answered and (
+                    ids("input_audio_buffer.committed") <= ids("conversation.item.input_audio_transcription.completed")
                 ):
                     return
 
-        committed: list[str] = []
+        answered: list[bool] = []
         listening = asyncio.create_task(listen())
         step = 6_000
         async for chunk in paced([pcm[i : i + step] for i in range(0, pcm.size, step)], speed, 0.25):
             await connection.input_audio_buffer.append(audio=base64.b64encode(s16(chunk)).decode())
         if commit:
+            before = sum(e.type == "input_audio_buffer.committed" for e in events)
             await connection.input_audio_buffer.commit()
-            while not any(e.type == "input_audio_buffer.committed" for e in events[-3:]):
+            while sum(e.type == "input_audio_buffer.committed" for e in events) <= before:
                 await asyncio.sleep(0.05)
-            committed.append([e for e in events if e.type == "input_audio_buffer.committed"][-1].item_id)
+            answered.append(True)
         await asyncio.wait_for(listening, 60)
     return events
 
