@@ -94,6 +94,24 @@ class Service:
         self.args = args
 
 
+def with_api_key(service: Service, key: str):  # type: ignore[no-untyped-def]
+    """For a fixture: the service requiring one API key (the Ingress reconfigures; nothing restarts), restored after."""
+    import copy
+
+    from serve.core.auth import key_digest
+
+    original = service.args
+    args = copy.deepcopy(original)
+    args["auth"] = {**args.get("auth", {}), "api_keys": [key_digest(key)]}
+    service.redeploy(args)
+    service.api_key = key
+    try:
+        yield service
+    finally:
+        service.api_key = None
+        service.redeploy(original)
+
+
 def serve_yaml() -> dict:
     import yaml
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -85,6 +85,9 @@ class DecodeRequest:
     language: str | None = None
     """None (or "auto"): detected from this window, with a multilingual model."""
     task: Literal["transcribe", "translate"] = "transcribe"
+    features: np.ndarray | None = None
+    """The window's log-mel features (``Features``), prepared where CPU scales (the BufferManager): then ``audio``
+    may be empty, and the engine's replica only stacks them for the device."""
 
 
 @dataclass
@@ -145,6 +148,28 @@ class ModelFacts:
     multilingual: bool
     languages: tuple[str, ...] = ("en",)
     """The language codes the model knows, in Whisper's order (an English-only model: en alone)."""
+    feature_kwargs: tuple[tuple[str, int], ...] = ()
+    """How the model's log-mel features are computed (faster-whisper's ``FeatureExtractor`` arguments): a caller
+    prepares them with ``Features``."""
+
+
+class Features:
+    """Log-mel features of a window as the engine computes them, computable anywhere (no model loaded)."""
+
+    def __init__(self, facts: ModelFacts) -> None:
+        from faster_whisper.feature_extractor import FeatureExtractor
+
+        self.extractor = FeatureExtractor(**dict(facts.feature_kwargs))
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """float32 [n_mels, frames] of 16 kHz int16 or float32 ``audio`` (the last, partial frame dropped)."""
+        return self.extractor(to_float32(audio) if audio.dtype == np.int16 else audio)[..., :-1]
+
+    def request(self, request: DecodeRequest) -> DecodeRequest:
+        """``request`` carrying its window's features instead of its audio."""
+        if request.audio.size < self.extractor.hop_length:
+            return request  # no frame: the engine answers it as empty
+        return replace(request, audio=np.zeros(0, np.int16), features=self(request.audio))
 
 
 def _auto_device(device: str) -> str:
@@ -177,7 +202,10 @@ class BatchedWhisper:
         )
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages = _known_languages(self.model.hf_tokenizer) if self.multilingual else ("en",)
-        self.facts = ModelFacts(self.model_name, self.device, self.compute_type, self.multilingual, self.languages)
+        self.facts = ModelFacts(
+            self.model_name, self.device, self.compute_type, self.multilingual, self.languages,
+            tuple(sorted(self.model.feat_kwargs.items())),
+        )
         self._tokenizers: dict[tuple[str, str], object] = {}
 
     # -- public ---------------------------------------------------------------
@@ -234,6 +262,16 @@ class BatchedWhisper:
         return self._tokenizers[key]
 
     def _prepare(self, index: int, request: DecodeRequest) -> _Prepared:
+        language = self._language(request)
+        if request.features is not None:  # prepared by the caller: checked, not computed
+            features = request.features
+            if features.ndim != 2 or features.shape[0] != self.model.feature_extractor.mel_filters.shape[0]:
+                raise ValueError(f"features of shape {features.shape} do not fit this model's log-mel input")
+            if features.dtype != np.float32:
+                raise TypeError(f"features must be float32, not {features.dtype}")
+            if features.shape[1] > self.model.feature_extractor.nb_max_frames:
+                raise ValueError(f"window of {features.shape[1]} frames exceeds Whisper's 30 s")
+            return _Prepared(index, request, language, features.shape[1], features if features.shape[1] else None)
         audio = request.audio
         if audio.dtype == np.int16:
             audio = to_float32(audio)
@@ -243,6 +281,14 @@ class BatchedWhisper:
             raise ValueError("audio must be mono (1-D)")
         if audio.size > MAX_WINDOW_SECONDS * SAMPLE_RATE:
             raise ValueError(f"window of {audio.size / SAMPLE_RATE:.1f} s exceeds Whisper's 30 s")
+        frames = audio.size // self.model.feature_extractor.hop_length
+        features = None
+        if frames:
+            features = self.model.feature_extractor(audio)[..., :-1]
+        return _Prepared(index, request, language, frames, features)
+
+    def _language(self, request: DecodeRequest) -> str | None:
+        """The request's language as the engine decodes it (None: detect); raises for one the model lacks."""
         language = request.language
         if language in (None, "auto"):
             language = None if self.multilingual else "en"
@@ -252,11 +298,7 @@ class BatchedWhisper:
             raise ValueError(f"model {self.model_name} does not know language {request.language!r}")
         if request.task == "translate" and not self.multilingual:
             raise ValueError(f"model {self.model_name} cannot translate")
-        frames = audio.size // self.model.feature_extractor.hop_length
-        features = None
-        if frames:
-            features = self.model.feature_extractor(audio)[..., :-1]
-        return _Prepared(index, request, language, frames, features)
+        return language
 
     def _input_frames(self, item: _Prepared) -> int:
         """The encoder input an item is padded to: ``min_input_s``, or Whisper's 30 s for a longer window. Two
@@ -266,9 +308,16 @@ class BatchedWhisper:
         return short if item.frames <= short else int(MAX_WINDOW_SECONDS * per_second)
 
     def _stack(self, items: list[_Prepared]) -> np.ndarray:
-        from faster_whisper.audio import pad_or_trim
-
-        return np.stack([pad_or_trim(item.features, self._input_frames(item)) for item in items])
+        """The items' features (one input shape), zero-padded or trimmed to it as faster-whisper's ``pad_or_trim``
+        does, copied once into one array."""
+        frames = self._input_frames(items[0])
+        stacked = np.empty((len(items), items[0].features.shape[0], frames), np.float32)  # type: ignore[union-attr]
+        for row, item in zip(stacked, items):
+            assert self._input_frames(item) == frames and item.features is not None
+            n = min(item.features.shape[1], frames)
+            row[:, :n] = item.features[:, :n]
+            row[:, n:] = 0.0
+        return stacked
 
     def _decode(self, items: list[_Prepared]) -> tuple[list[DecodeResult], int]:
         """Decode ``items`` in one engine call per input shape; returns the results and the number of calls."""

@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, ModelFacts, Shed
+from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, Features, ModelFacts, Shed
 from serve.core.messages import Final, Partial
 from serve.core.stream import DecodeJob, StreamingOptions, StreamProcessor, StreamState, advance
 from serve.deploy.retry import answer_within, retry_dead_replica
@@ -37,6 +37,7 @@ class BufferManager:
     def __init__(self, whisper: DeploymentHandle) -> None:
         self.whisper = whisper
         self.processor = StreamProcessor()
+        self._features: Features | None = None
 
     def reconfigure(self, config: dict) -> None:
         """Live VAD/policy options from ``user_config``; the VAD model itself is kept."""
@@ -71,11 +72,24 @@ class BufferManager:
             step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
         return Processed(state, step)
 
+    async def features(self) -> Features:
+        """How the served model wants its features (asked of Whisper once)."""
+        if self._features is None:
+            facts = await retry_dead_replica(
+                lambda: self.whisper.ping.remote(), budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2
+            )
+            self._features = Features(facts)
+        return self._features
+
     async def decode(self, request: DecodeRequest, optional: bool, eager: bool = False) -> DecodeResult | None:
         """One window through Whisper; a request lost with a dead replica is sent once more.
 
-        None: an ``optional`` (partial) decode that Whisper refused because it is behind.
+        None: an ``optional`` (partial) decode that Whisper refused because it is behind. The window's log-mel
+        features are computed here, in a thread, and travel instead of its audio: Whisper's replica only stacks them
+        for the device, and this CPU work scales with the BufferManager replicas.
         """
+        features = await self.features()
+        request = await asyncio.to_thread(features.request, request)
         result = await retry_dead_replica(
             lambda: self.whisper.transcribe.remote(request, optional, eager),
             budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2,

@@ -62,6 +62,30 @@ def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest
     assert len({tuple(_words(b)) for b in batched}) == 8  # no item got another's text
 
 
+def test_features_prepared_outside_the_engine_give_the_same_words(engine, manifest):
+    """What the BufferManager does: the windows' log-mel features computed from the model's facts alone (no model
+    loaded) and sent instead of the audio; a batch of 8 different clips gives the same words, times and
+    probabilities as the engine computing them itself, with the same engine calls."""
+    import pickle
+
+    from serve.core.engine import Features
+
+    features = Features(pickle.loads(pickle.dumps(engine.facts)))  # as it travels to the BufferManager
+    clips = [item for item in manifest if item.subset == "short"][:8]
+    requests = [DecodeRequest(load_audio(item.path), prompt="Well.") for item in clips]
+    prepared = [features.request(r) for r in requests]
+    assert all(p.audio.size == 0 and p.features is not None and p.features.dtype == np.float32 for p in prepared)
+    own = engine.transcribe_batch(requests)
+    with counting(engine) as calls:
+        outside = engine.transcribe_batch(prepared)
+    assert calls == {"encode": 1, "generate": 1, "align": 1}, calls
+    for a, b in zip(own.results, outside.results, strict=True):
+        assert not isinstance(a, Exception) and not isinstance(b, Exception)
+        assert [w.as_dict() for w in a.words] == [w.as_dict() for w in b.words] and len(a.words) >= 3
+    bad = engine.transcribe_batch([prepared[0], DecodeRequest(np.zeros(0, np.int16), features=prepared[1].features[:40])])
+    assert isinstance(bad.results[1], ValueError) and not isinstance(bad.results[0], Exception)
+
+
 def test_words_do_not_depend_on_what_a_window_is_batched_with(engine, manifest):
     """Windows up to min_input_s share a short encoder input, longer ones get Whisper's 30 s: a batch holding
     both makes one call per shape, and each item comes out as it does alone."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ import websockets
 
 from serve.bench.offline import OfflineTranscriber
 from serve.core.audio import load_audio
-from serve.core.auth import key_digest
-from tests.conftest import check_errors
+from tests.conftest import check_errors, with_api_key
 
 pytestmark = [
     pytest.mark.serve,
@@ -415,12 +413,7 @@ def test_openai_conversation_sessions_are_refused(service):
 @pytest.fixture(scope="module")
 def keyed(service):
     """The service with one API key (the Ingress reconfigures; nothing restarts); restored afterwards."""
-    original = service.args
-    args = copy.deepcopy(original)
-    args["auth"] = {**args.get("auth", {}), "api_keys": [key_digest(KEY)]}
-    service.redeploy(args)
-    yield service
-    service.redeploy(original)
+    yield from with_api_key(service, KEY)
 
 
 def test_keys_each_api_its_own_way(keyed, by_id):

@@ -4,7 +4,6 @@ stream; ``/healthz`` (what a load balancer probes) stays open and shows none of 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ import urllib.request
 import pytest
 
 from serve.bench.rest import fetch_summary
-from serve.core.auth import key_digest
+from tests.conftest import with_api_key
 
 pytestmark = pytest.mark.serve
 
@@ -22,14 +21,7 @@ KEY = "summary-key-4d2b8e0c"
 @pytest.fixture(scope="module")
 def keyed(service):
     """The service with one API key; restored afterwards."""
-    original = service.args
-    args = copy.deepcopy(original)
-    args["auth"] = {**args.get("auth", {}), "api_keys": [key_digest(KEY)]}
-    service.redeploy(args)
-    service.api_key = KEY
-    yield service
-    service.api_key = None
-    service.redeploy(original)
+    yield from with_api_key(service, KEY)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
