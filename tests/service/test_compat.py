@@ -276,8 +276,7 @@ def openai_client(service, api_key: str = "unused"):
 TRANSCRIPTION = {"model": "gpt-4o-transcribe", "language": "en"}
 
 
-async def realtime_stream(client, audio: np.ndarray, *, speed: float = SPEED, transcription: dict | None = None,
-                          commit: bool = True) -> list:
+async def realtime_stream(client, audio: np.ndarray, *, speed: float = SPEED, transcription: dict | None = None) -> list:
     """Stream ``audio`` (resampled to 24 kHz, as OpenAI sends it) through the SDK's realtime client in 0.25 s appends,
     commit, and collect events until that commit's item is completed."""
     pcm = soxr.resample(audio, 16_000, 24_000).astype(np.float32)
@@ -295,28 +294,35 @@ async def realtime_stream(client, audio: np.ndarray, *, speed: float = SPEED, tr
         def ids(kind: str) -> set[str]:
             return {e.item_id for e in events if e.type == kind}
 
+        def done() -> bool:
+            """The commit was answered and every committed item (the server VAD's, the commit's) is completed: the
+            server VAD may commit an utterance just before the client's commit arrives, and the commit's item may
+            complete before the test notes the answer."""
+            answered = sum(e.type == "input_audio_buffer.committed" for e in events) > before
+            return answered and ids("input_audio_buffer.committed") <= ids(
+                "conversation.item.input_audio_transcription.completed"
+            )
+
         async def listen():
             async for event in connection:
                 events.append(event)
-                # Done once the commit was answered and every committed item (the server VAD's, the commit's) is
-                # completed: the server VAD may commit an utterance just before the client's commit arrives.
-                if event.type == "conversation.item.input_audio_transcription.completed" and answered and (
-                    ids("input_audio_buffer.committed") <= ids("conversation.item.input_audio_transcription.completed")
-                ):
-                    return
 
-        answered: list[bool] = []
         listening = asyncio.create_task(listen())
         step = 6_000
         async for chunk in paced([pcm[i : i + step] for i in range(0, pcm.size, step)], speed, 0.25):
             await connection.input_audio_buffer.append(audio=base64.b64encode(s16(chunk)).decode())
-        if commit:
-            before = sum(e.type == "input_audio_buffer.committed" for e in events)
-            await connection.input_audio_buffer.commit()
-            while sum(e.type == "input_audio_buffer.committed" for e in events) <= before:
+        before = sum(e.type == "input_audio_buffer.committed" for e in events)
+        await connection.input_audio_buffer.commit()
+
+        async def finished() -> None:
+            while not done():
+                if listening.done():
+                    listening.result()  # the connection ended first: its error
+                    raise AssertionError(f"the events ended before every committed item completed: {events}")
                 await asyncio.sleep(0.05)
-            answered.append(True)
-        await asyncio.wait_for(listening, 60)
+
+        await asyncio.wait_for(finished(), 60)
+        listening.cancel()
     return events
 
 
