@@ -59,7 +59,7 @@ def base_engine():
     """Whisper base (multilingual), loaded once for every test that needs it."""
     from serve.core.engine import BatchedWhisper, EngineOptions
 
-    return BatchedWhisper(EngineOptions(model="bundled-base"))
+    return BatchedWhisper(EngineOptions(model="bundled-base", cpu_threads=1))
 
 
 @pytest.fixture(scope="session")
