@@ -166,14 +166,14 @@ def service_url(service: Service) -> str:
 
 @dataclass
 class LongRun:
-    """One undisturbed stream of the 97 s multi-speaker file at 2x real time: the yardstick for disturbed runs."""
+    """One undisturbed stream of the 97 s multi-speaker file at 3x real time: the yardstick for disturbed runs."""
 
     item: EvalItem
     audio: np.ndarray
     result: object  # serve.client.Transcript
     decodes: dict[str, int]
     """Whisper's decodes while it ran, by kind (final, partial, eager): all of them this stream's."""
-    speed: float = 2.0
+    speed: float = 3.0
 
 
 @pytest.fixture(scope="session")
