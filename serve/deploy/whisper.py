@@ -34,7 +34,6 @@ class Whisper:
         self.shedder = PartialShedder(BatchOptions().shed_partials_wait_s)
         self.batch_sizes: Counter[int] = Counter()
         self.decode_seconds = 0.0
-        self.shed = 0
         self.taken: Counter[str] = Counter()
         """Requests taken, by kind: final (final, forced, pause windows), partial, eager."""
         self.refused: Counter[str] = Counter()
@@ -70,7 +69,6 @@ class Whisper:
         ``eager`` one unless it has room now."""
         kind = "eager" if eager else "partial" if optional else "final"
         if not self.shedder.admit(optional, eager):
-            self.shed += 1
             self.refused[kind] += 1
             self.metrics.partials_shed.inc()
             return Shed()
@@ -106,7 +104,7 @@ class Whisper:
             "batch_sizes": dict(self.batch_sizes),
             "batches": sum(self.batch_sizes.values()),
             "decode_seconds": round(self.decode_seconds, 3),
-            "partials_shed": self.shed,
+            "partials_shed": sum(self.refused.values()),
             "decodes_by_kind": dict(self.taken),
             "shed_by_kind": dict(self.refused),
             **self.placement,
