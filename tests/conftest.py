@@ -173,6 +173,8 @@ class LongRun:
     result: object  # serve.client.Transcript
     decodes: dict[str, int]
     """Whisper's decodes while it ran, by kind (final, partial, eager): all of them this stream's."""
+    payload: dict[str, int]
+    """Bytes of the Ingress's calls to the BufferManager and their answers while it ran (one Ingress replica)."""
     speed: float = 3.0
 
 
@@ -185,9 +187,13 @@ def long_run(service: Service, by_id: dict[str, EvalItem]) -> LongRun:
 
     item = by_id["ls-multispeaker-stream"]
     audio = load_audio(item.path)
-    before = service.summary()["whisper"]["decodes_by_kind"]
+    before = service.summary()
     result = asyncio.run(stream_file(audio, service.ws, speed=LongRun.speed))
-    return LongRun(item, audio, result, kinds_since(before, service.summary()["whisper"]["decodes_by_kind"]))
+    after = service.summary()
+    return LongRun(
+        item, audio, result, kinds_since(before["whisper"]["decodes_by_kind"], after["whisper"]["decodes_by_kind"]),
+        kinds_since(before["ingress"]["payload_bytes"], after["ingress"]["payload_bytes"]),
+    )
 
 
 def kinds_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

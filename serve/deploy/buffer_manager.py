@@ -1,8 +1,15 @@
-"""The BufferManager deployment: stateless; stream state in, stream state and messages out."""
+"""The BufferManager deployment: stream state in, stream state and messages out.
+
+Stateless as far as a stream's record goes: the Ingress keeps every stream's state. To keep calls light, a replica
+holds each stream's pending audio between its calls (serve.core.held); Serve routes a stream's calls to the replica
+holding it (the stream id as the multiplexed model id), and a replica that does not hold it answers ``MissingAudio``
+so that the caller (``StreamCalls``) sends the call again with the audio.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,12 +17,18 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, Features, ModelFacts, Shed
+from serve.core.held import HeldAudio, rebuild, without_audio
 from serve.core.messages import Final, Partial
 from serve.core.stream import DecodeJob, StreamingOptions, StreamProcessor, StreamState, advance
+from serve.deploy.metrics import PayloadBytes
 from serve.deploy.retry import answer_within, retry_dead_replica
 
 WHISPER_RETRY_S = 30.0
 """How long a decode waits for a dead Whisper replica to be replaced (it is retried once)."""
+MAX_HELD_STREAMS = 4096
+"""Streams whose pending audio one replica holds (at most ``max_buffer_s`` + a call's audio each, about 0.5 MB; a
+stream that has ended holds its pre-roll pad, about 10 KB). Past this, the least recently called stream's audio is
+let go and its next call carries its audio again."""
 
 
 class DecodeError(RuntimeError):
@@ -29,7 +42,13 @@ class Unavailable(RuntimeError):
 @dataclass
 class Processed:
     state: StreamState
+    """Without its pending audio (``rebuild`` puts it back)."""
     messages: list[Partial | Final]
+
+
+@dataclass(frozen=True)
+class MissingAudio:
+    """The answer of a replica that does not hold the stream's audio: send the call again with it."""
 
 
 @serve.deployment(name="BufferManager", max_ongoing_requests=256)
@@ -58,19 +77,37 @@ class BufferManager:
         """What the Whisper replica answering this call has done (``/metrics/summary``)."""
         return await self.whisper.info.remote()
 
-    async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
+    @serve.multiplexed(max_num_models_per_replica=MAX_HELD_STREAMS)
+    async def held_audio(self, stream_id: str) -> HeldAudio:
+        """A stream's held audio; Serve routes the calls that name ``stream_id`` to the replica holding it, and
+        lets the least recently called stream's audio go past MAX_HELD_STREAMS."""
+        return HeldAudio()
+
+    async def process(
+        self, state: StreamState, pcm: np.ndarray, finalize: bool = False, received: int | None = None
+    ) -> Processed | MissingAudio:
         """Merge ``pcm`` into the stream, run the VAD and decode every window the core asks for.
+
+        ``received``: the state was sent without its pending audio, which ended at this sample; the replica holding
+        the stream's audio (the call names the stream as its multiplexed model id) puts it back, any other answers
+        ``MissingAudio``. None: the state carries its audio. The answer's state never carries it.
 
         The core's ``steps`` owns the loop and decides what may be skipped; this only moves its decode jobs to
         Whisper and their results back (``None`` when Whisper shed a partial decode because it is behind).
         """
+        stream_id = serve.get_multiplexed_model_id()
+        held = await self.held_audio(stream_id) if stream_id else None
+        if received is not None and (held is None or not held.fill(state, received)):
+            return MissingAudio()
         call = self.processor.steps(state, pcm, finalize)
         # The VAD on a chunk is milliseconds of CPU: the first step runs in a thread so other calls interleave.
         # (A StopIteration cannot cross into an asyncio future, so it is caught in the thread.)
         step = await asyncio.to_thread(advance, call, None)
         while isinstance(step, DecodeJob):
             step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
-        return Processed(state, step)
+        if held is not None:
+            held.keep(state)
+        return Processed(without_audio(state), step)
 
     async def features(self) -> Features:
         """How the served model wants its features (asked of Whisper once)."""
@@ -100,3 +137,42 @@ class BufferManager:
             raise DecodeError(f"{result.kind}: {result.message}")
         assert isinstance(result, DecodeResult)
         return result
+
+
+class StreamCalls:
+    """A stream's calls to the BufferManager, as its Ingress makes them: light (without the pending audio the
+    answering replica holds), sent again with the audio when that replica does not hold it, and sent again whole
+    when a replica died (``retry_dead_replica``). The caller's state is its record; the answer's state comes back
+    with its audio rebuilt."""
+
+    def __init__(
+        self, handle: DeploymentHandle, stream_id: str, *, retry_s: float, payload: PayloadBytes | None = None
+    ) -> None:
+        self.handle = handle.options(multiplexed_model_id=stream_id)
+        self.stream_id, self.retry_s, self.payload = stream_id, retry_s, payload
+        self.sent = 0
+        """Calls sent, including each one sent again."""
+        self.resent_with_audio = 0
+        """Calls a replica answered MissingAudio (and were sent again with the audio)."""
+
+    async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
+        light = (without_audio(state), pcm, finalize, state.received)
+        answer = await self._send(light)
+        if isinstance(answer, MissingAudio):
+            self.resent_with_audio += 1
+            answer = await self._send((state, pcm, finalize))
+        if not isinstance(answer, Processed):
+            raise TypeError(f"the BufferManager answered {type(answer).__name__} to a call with the audio")
+        return Processed(rebuild(state, pcm, answer.state), answer.messages)
+
+    async def _send(self, arguments: tuple) -> Processed | MissingAudio:
+        def counted() -> Awaitable[Processed | MissingAudio]:
+            self.sent += 1
+            if self.payload is not None:
+                self.payload.call(arguments)
+            return self.handle.process.remote(*arguments)
+
+        answer = await retry_dead_replica(counted, budget_s=self.retry_s, what=f"stream {self.stream_id}: BufferManager")
+        if self.payload is not None:
+            self.payload.answer(answer)
+        return answer

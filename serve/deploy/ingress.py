@@ -90,7 +90,13 @@ class Ingress:
             )
         return {
             "whisper": await self.buffer_manager.whisper_info.remote(),
-            "ingress": {"open_streams": len(self.sessions), "max_streams": self.limits.max_streams},
+            "ingress": {
+                "open_streams": len(self.sessions), "max_streams": self.limits.max_streams,
+                "payload_bytes": {
+                    "to_buffer_manager": self.metrics.payload.sent, "from_buffer_manager": self.metrics.payload.answered,
+                    "calls": self.metrics.payload.calls,
+                },
+            },
         }
 
     @app.get("/", include_in_schema=False)

@@ -9,11 +9,52 @@ answer "are we keeping up?".
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 LAG_BOUNDARIES_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0]
 DECODE_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def payload_bytes(value: Any) -> int:
+    """Bytes ``value`` takes on the wire between replicas, as Ray serializes it: pickle protocol 5, with numpy
+    arrays as out-of-band buffers (counted, not copied)."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(buffer.raw().nbytes for buffer in buffers)
+
+
+@dataclass
+class PayloadBytes:
+    """Bytes of the calls one replica made to the next deployment, and of their answers (``/metrics/summary``)."""
+
+    route: str
+    """Which calls: ``ingress->buffer_manager``, ``buffer_manager->whisper``."""
+    sent: int = 0
+    answered: int = 0
+    calls: int = 0
+    counter: Counter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.counter = Counter(
+            "asr_payload_bytes", description="Bytes of calls between deployments, and of their answers.",
+            tag_keys=("route", "direction"),
+        )
+
+    def call(self, arguments: Any) -> None:
+        size = payload_bytes(arguments)
+        self.sent += size
+        self.calls += 1
+        self.counter.inc(size, tags={"route": self.route, "direction": "call"})
+
+    def answer(self, result: Any) -> None:
+        size = payload_bytes(result)
+        self.answered += size
+        self.counter.inc(size, tags={"route": self.route, "direction": "answer"})
 
 
 class IngressMetrics:
@@ -31,6 +72,7 @@ class IngressMetrics:
             boundaries=LAG_BOUNDARIES_S,
         )
         self.errors = Counter("asr_errors", description="Error messages sent to clients, by code.", tag_keys=("code",))
+        self.payload = PayloadBytes("ingress->buffer_manager")
 
     def error(self, code: str) -> None:
         self.errors.inc(tags={"code": code})
@@ -50,3 +92,5 @@ class WhisperMetrics:
         self.partials_shed = Counter(
             "asr_partials_shed", description="Partial decodes refused because the replica was behind."
         )
+        self.payload = PayloadBytes("buffer_manager->whisper")
+        """Counted where the requests arrive: every BufferManager replica's calls to this replica."""

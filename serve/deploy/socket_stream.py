@@ -17,8 +17,9 @@ from serve.core.messages import End, Error, Final, Partial
 from serve.core.protocol import Call, Outgoing, StreamProtocol
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
+from serve.deploy.buffer_manager import StreamCalls
 from serve.deploy.metrics import IngressMetrics
-from serve.deploy.retry import dead_replica, retry_dead_replica
+from serve.deploy.retry import dead_replica
 
 log = logging.getLogger("ray.serve")
 
@@ -38,8 +39,9 @@ class SocketStream:
         self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions,
         metrics: IngressMetrics,
     ) -> None:
-        self.ws, self.session, self.buffer_manager, self.limits = ws, session, buffer_manager, limits
+        self.ws, self.session, self.limits = ws, session, limits
         self.metrics = metrics
+        self.calls = StreamCalls(buffer_manager, session.id, retry_s=limits.retry_s, payload=metrics.payload)
         self.protocol = StreamProtocol(session, limits, time.monotonic())
         self.wake = asyncio.Event()
         self.send_lock = asyncio.Lock()
@@ -129,10 +131,7 @@ class SocketStream:
     async def process(self, call: Call) -> None:
         session = self.session
         try:
-            processed = await retry_dead_replica(
-                lambda: self.buffer_manager.process.remote(session.state, call.pcm, call.finalize),
-                budget_s=self.limits.retry_s, what=f"stream {session.id}: BufferManager",
-            )
+            processed = await self.calls.process(session.state, call.pcm, call.finalize)
         except Exception as exc:  # never drop a stream silently: tell the client why it ends
             if dead_replica(exc):
                 reason = "the recognizer is unavailable; try again"

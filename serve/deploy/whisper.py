@@ -68,16 +68,20 @@ class Whisper:
         """Decode one window in the next batch; an ``optional`` one is refused while the replica is behind, an
         ``eager`` one unless it has room now."""
         kind = "eager" if eager else "partial" if optional else "final"
+        self.metrics.payload.call((request, optional, eager))
         if not self.shedder.admit(optional, eager):
             self.refused[kind] += 1
             self.metrics.partials_shed.inc()
-            return Shed()
-        self.taken[kind] += 1
-        self.shedder.queued += 1
-        try:
-            return await self.decode_batch(request)
-        finally:
-            self.shedder.queued -= 1
+            result: DecodeResult | DecodeFailure | Shed = Shed()
+        else:
+            self.taken[kind] += 1
+            self.shedder.queued += 1
+            try:
+                result = await self.decode_batch(request)
+            finally:
+                self.shedder.queued -= 1
+        self.metrics.payload.answer(result)
+        return result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def decode_batch(self, requests: list[DecodeRequest]) -> list[DecodeResult | DecodeFailure]:
@@ -107,5 +111,9 @@ class Whisper:
             "partials_shed": sum(self.refused.values()),
             "decodes_by_kind": dict(self.taken),
             "shed_by_kind": dict(self.refused),
+            "payload_bytes": {
+                "from_buffer_manager": self.metrics.payload.sent, "to_buffer_manager": self.metrics.payload.answered,
+                "requests": self.metrics.payload.calls,
+            },
             **self.placement,
         }

@@ -42,6 +42,18 @@ def test_a_long_file_end_to_end(long_run, offline):
     check_errors(item.text, result.text, offline.transcribe(item.path), "streamed vs offline")
 
 
+def test_calls_carry_the_new_audio_not_the_streams_pending_audio(long_run):
+    """The stream's pending audio (up to 15 s) stays with the Ingress and the replica that holds it: a call carries
+    the audio that arrived since the last one, and an answer carries text."""
+    payload, pcm_bytes = long_run.payload, long_run.audio.size * 2
+    calls = payload["calls"]
+    print(f"{calls} calls: {payload['to_buffer_manager'] / calls / 1e3:.1f} KB per call, "
+          f"{payload.get('from_buffer_manager', 0) / calls / 1e3:.1f} KB per answer; the audio: {pcm_bytes / 1e3:.0f} KB")
+    assert calls >= long_run.audio.size / 16_000 / long_run.speed / 2  # about a call per chunk sent
+    assert payload["to_buffer_manager"] <= pcm_bytes + calls * 8_000
+    assert payload["from_buffer_manager"] <= calls * 8_000
+
+
 def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
     seen, clips = set(), []
     for item in manifest:
