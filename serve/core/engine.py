@@ -128,6 +128,9 @@ class BatchStats:
     seconds: float = 0.0
     engine_calls: int = 0
     """Batched engine calls made: one per input shape, more only when a batch failed and was decoded item by item."""
+    engine_seconds: float = 0.0
+    """Of ``seconds``, the time inside CTranslate2's calls (encode, language detection, generate, align): the
+    device's work. The rest is the replica's host work per batch (checks, stacking, prompts, words)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ class BatchedWhisper:
             compute_type=compute,
             cpu_threads=self.options.cpu_threads,
         )
+        self.clock = EngineClock(self.model.model)
+        self.model.model = self.clock  # faster-whisper's own calls (align) go through it too
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages = _known_languages(self.model.hf_tokenizer) if self.multilingual else ("en",)
         self.facts = ModelFacts(
@@ -217,7 +222,7 @@ class BatchedWhisper:
 
     def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> DecodedBatch:
         """Decode every request in one engine call; a bad item gets its exception back."""
-        started = time.perf_counter()
+        started, engine_before = time.perf_counter(), self.clock.seconds
         results: list[DecodeResult | Exception | None] = [None] * len(requests)
         prepared: list[_Prepared] = []
         for i, request in enumerate(requests):
@@ -247,7 +252,7 @@ class BatchedWhisper:
                         results[item.index] = exc
         return DecodedBatch(
             [r if r is not None else RuntimeError("no result") for r in results],
-            BatchStats(len(prepared), time.perf_counter() - started, calls),
+            BatchStats(len(prepared), time.perf_counter() - started, calls, self.clock.seconds - engine_before),
         )
 
     # -- internals ------------------------------------------------------------
@@ -409,6 +414,30 @@ class BatchedWhisper:
                     if seen > prefix_lengths[i] and any(c.isalnum() for c in a["word"]):
                         start, end = min(float(a["start"]), limit), min(float(a["end"]), limit)
                         results[i].words.append(Word(a["word"], round(start, 3), round(end, 3), float(a["probability"])))
+
+
+class EngineClock:
+    """The CTranslate2 model, its calls timed: what a batch spent in the engine (on the device) vs around it."""
+
+    TIMED = frozenset({"encode", "detect_language", "generate", "align"})
+
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self._model = model
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        attribute = getattr(self._model, name)
+        if name not in self.TIMED:
+            return attribute
+
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
 
 
 def _known_languages(tokenizer) -> tuple[str, ...]:  # type: ignore[no-untyped-def]

@@ -34,6 +34,7 @@ class Whisper:
         self.shedder = PartialShedder(BatchOptions().shed_partials_wait_s)
         self.batch_sizes: Counter[int] = Counter()
         self.decode_seconds = 0.0
+        self.engine_seconds = 0.0
         self.taken: Counter[str] = Counter()
         """Requests taken, by kind: final (final, forced, pause windows), partial, eager."""
         self.refused: Counter[str] = Counter()
@@ -89,6 +90,7 @@ class Whisper:
         batch = await asyncio.to_thread(self.engine.transcribe_batch, requests)
         self.batch_sizes[len(requests)] += 1
         self.decode_seconds += batch.stats.seconds
+        self.engine_seconds += batch.stats.engine_seconds
         self.shedder.record(len(requests), batch.stats.seconds)
         self.metrics.batch_size.observe(len(requests))
         self.metrics.decode_seconds.observe(batch.stats.seconds)
@@ -108,6 +110,7 @@ class Whisper:
             "batch_sizes": dict(self.batch_sizes),
             "batches": sum(self.batch_sizes.values()),
             "decode_seconds": round(self.decode_seconds, 3),
+            "engine_seconds": round(self.engine_seconds, 3),
             "partials_shed": sum(self.refused.values()),
             "decodes_by_kind": dict(self.taken),
             "shed_by_kind": dict(self.refused),

@@ -55,6 +55,7 @@ def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest
     # ONE encode, ONE generate and ONE align into CTranslate2 for the eight windows: a loop would make eight.
     assert calls == {"encode": 1, "generate": 1, "align": 1}, calls
     assert batch.stats.engine_calls == 1 and batch.stats.size == 8
+    assert 0 < batch.stats.engine_seconds < batch.stats.seconds  # the engine's calls, timed apart from the rest
     for single, batch in zip(singles, batched):
         assert not isinstance(batch, Exception)
         assert _words(batch) == _words(single)
