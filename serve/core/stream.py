@@ -216,8 +216,23 @@ class DecodeJob:
         return self.window.kind is WindowKind.EAGER
 
 
-CallSteps = Generator[DecodeJob, DecodeResult | None, list[Message]]
-"""``StreamProcessor.steps``: yields decode jobs, is sent each result (None: shed), returns the messages."""
+@dataclass(frozen=True)
+class ScoreJob:
+    """A call's new audio for the VAD, scored before anything else: answered with its frames' probabilities
+    (``run`` scores it in-line; a BufferManager scores the jobs of concurrent calls together, ``score_batch``)."""
+
+    vad: SileroVad
+    state: VadState
+    samples: np.ndarray
+
+    def run(self) -> np.ndarray:
+        return self.vad.score(self.state, self.samples)
+
+
+Job = ScoreJob | DecodeJob
+CallSteps = Generator[Job, np.ndarray | DecodeResult | None, list[Message]]
+"""``StreamProcessor.steps``: yields its VAD job, then decode jobs; is sent the VAD's probabilities, then each
+decode's result (None: shed); returns the messages."""
 
 
 class StreamProcessor:
@@ -230,10 +245,15 @@ class StreamProcessor:
     # -- audio in -------------------------------------------------------------
     def push(self, state: StreamState, pcm: np.ndarray) -> None:
         """Append 16 kHz int16 audio; the VAD scores only the new samples."""
+        self._scored(state, self._append(state, pcm).run())
+
+    def _append(self, state: StreamState, pcm: np.ndarray) -> ScoreJob:
         if pcm.dtype != np.int16:
             raise TypeError("push takes 16 kHz int16 audio")
         state.audio = np.concatenate([state.audio, pcm])
-        probs = self.vad.score(state.vad, to_float32(pcm))
+        return ScoreJob(self.vad, state.vad, to_float32(pcm))
+
+    def _scored(self, state: StreamState, probs: np.ndarray) -> None:
         state.closed.extend(segment(state.vad, probs, self.options.vad))
         self._drop_silence(state)
 
@@ -501,13 +521,16 @@ class StreamProcessor:
     def steps(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> CallSteps:
         """One call of a stream as a generator that owns the loop, in the style of a sans-I/O parser.
 
-        It pushes ``pcm`` (and finalizes after it), then yields a ``DecodeJob`` for every window that is due and
-        expects that job's ``DecodeResult`` back, or ``None`` when an optional (partial or eager) job was shed by a
-        busy decoder. It returns the call's messages. Whether partials are decoded at all is decided here, once:
+        It appends ``pcm`` and yields a ``ScoreJob`` for the VAD, expecting its frames' probabilities back
+        (finalizing after it if asked), then yields a ``DecodeJob`` for every window that is due and expects that
+        job's ``DecodeResult`` back, or ``None`` when an optional (partial or eager) job was shed by a busy decoder.
+        It returns the call's messages. Whether partials are decoded at all is decided here, once:
         not when the call brings more than ``skip_partials_behind_s`` of audio (the stream is behind), nor after a
         partial was shed; no eager decode after any shed job.
         """
-        self.push(state, pcm)
+        probs = yield self._append(state, pcm)
+        assert isinstance(probs, np.ndarray), "a ScoreJob is answered with the VAD's probabilities"
+        self._scored(state, probs)
         if finalize:
             self.finalize(state)
         partials = state.interim and pcm.size <= self.options.skip_partials_behind_s * SAMPLE_RATE
@@ -516,6 +539,7 @@ class StreamProcessor:
         while (window := self.next_window(state, partials=partials, eager=eager)) is not None:
             job = DecodeJob(window, self.request(state, window))
             result = yield job
+            assert not isinstance(result, np.ndarray)
             if result is None:
                 if not job.optional:
                     raise ValueError(f"a {window.kind.value} decode cannot be shed")
@@ -544,20 +568,21 @@ class StreamProcessor:
         return self.run(state, np.zeros(0, np.int16), decode, finalize=True)
 
 
-def advance(call: CallSteps, result: DecodeResult | None) -> DecodeJob | list[Message]:
-    """Send ``result`` into the call (None starts it, or reports a shed job): its next job, or its messages once
+def advance(call: CallSteps, answer: np.ndarray | DecodeResult | None) -> Job | list[Message]:
+    """Send ``answer`` into the call (None starts it, or reports a shed job): its next job, or its messages once
     it is done. Every driver steps a call with this, in-line (``drive``) or across awaits (the BufferManager)."""
     try:
-        return call.send(result)
+        return call.send(answer)
     except StopIteration as done:
         return done.value
 
 
 def drive(call: CallSteps, decode: Callable[[DecodeJob], DecodeResult | None]) -> list[Message]:
-    """Run one call in-line: ``decode`` answers each job it yields (None sheds an optional one)."""
+    """Run one call in-line: the VAD scores its audio, ``decode`` answers each decode job (None sheds an optional
+    one)."""
     step = advance(call, None)
-    while isinstance(step, DecodeJob):
-        step = advance(call, decode(step))
+    while not isinstance(step, list):
+        step = advance(call, step.run() if isinstance(step, ScoreJob) else decode(step))
     return step
 
 

@@ -99,19 +99,36 @@ class SileroVad:
 
     def score(self, state: VadState, samples: np.ndarray) -> np.ndarray:
         """Probabilities for every whole frame in remainder + samples; updates state."""
-        audio = np.concatenate([state.remainder, samples.astype(np.float32)])
-        n = audio.size // FRAME
-        probs = np.empty(n, np.float32)
-        lstm, context = state.lstm, state.context
-        for i in range(n):
-            frame = audio[i * FRAME : (i + 1) * FRAME]
-            x = np.concatenate([context, frame])[None, :]
-            out, lstm = self._session.run(None, {"input": x, "state": lstm, "sr": self._sr})
-            probs[i] = out[0, 0]
-            context = frame[-CONTEXT:]
-        state.lstm, state.context = lstm, context
-        state.remainder = audio[n * FRAME :].copy()
-        return probs
+        return self.score_batch([(state, samples)])[0]
+
+    def score_batch(self, jobs: list[tuple[VadState, np.ndarray]]) -> list[np.ndarray]:
+        """``score`` for several streams at once: the model runs once per frame step on every stream that has a
+        frame at that step (a stream's frames are sequential: its recurrent state carries from one to the next).
+        A model call costs about the same for a few streams as for one, so concurrent calls share them."""
+        audios = [np.concatenate([state.remainder, samples.astype(np.float32)]) for state, samples in jobs]
+        counts = [audio.size // FRAME for audio in audios]
+        order = sorted(range(len(jobs)), key=lambda j: -counts[j])  # the streams with a frame at step i lead
+        lstm = np.concatenate([jobs[j][0].lstm for j in order], axis=1)
+        context = np.stack([jobs[j][0].context for j in order])
+        frames = np.zeros((len(jobs), max(counts, default=0), FRAME), np.float32)
+        for row, j in enumerate(order):
+            frames[row, : counts[j]] = audios[j][: counts[j] * FRAME].reshape(-1, FRAME)
+        probs = np.empty(frames.shape[:2], np.float32)
+        active = len(jobs)
+        for i in range(frames.shape[1]):
+            while counts[order[active - 1]] <= i:
+                active -= 1
+            x = np.concatenate([context[:active], frames[:active, i]], axis=1)
+            out, lstm[:, :active] = self._session.run(None, {"input": x, "state": lstm[:, :active], "sr": self._sr})
+            probs[:active, i] = out[:, 0]
+            context[:active] = frames[:active, i, -CONTEXT:]
+        results: list[np.ndarray] = [np.empty(0, np.float32)] * len(jobs)
+        for row, j in enumerate(order):
+            state, n = jobs[j][0], counts[j]
+            state.lstm, state.context = lstm[:, row : row + 1].copy(), context[row].copy()
+            state.remainder = audios[j][n * FRAME :].copy()
+            results[j] = probs[row, :n].copy()
+        return results
 
 
 def segment(state: VadState, probs: np.ndarray, options: VadOptions) -> list[SpeechSegment]:

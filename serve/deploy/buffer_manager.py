@@ -19,12 +19,16 @@ from ray.serve.handle import DeploymentHandle
 from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, Features, ModelFacts, Shed
 from serve.core.held import HeldAudio, rebuild, without_audio
 from serve.core.messages import Final, Partial
-from serve.core.stream import DecodeJob, StreamingOptions, StreamProcessor, StreamState, advance
+from serve.core.stream import ScoreJob, StreamingOptions, StreamProcessor, StreamState, advance
 from serve.deploy.metrics import PayloadBytes
 from serve.deploy.retry import answer_within, retry_dead_replica
 
 WHISPER_RETRY_S = 30.0
 """How long a decode waits for a dead Whisper replica to be replaced (it is retried once)."""
+VAD_BATCH = 64
+"""Calls whose new audio the VAD scores together."""
+VAD_WAIT_S = 0.005
+"""How long a call's audio waits for others to be scored with (Serve's batch wait)."""
 MAX_HELD_STREAMS = 4096
 """Streams whose pending audio one replica holds (at most ``max_buffer_s`` + a call's audio each, about 0.5 MB; a
 stream that has ended holds its pre-roll pad, about 10 KB). Past this, the least recently called stream's audio is
@@ -100,14 +104,21 @@ class BufferManager:
         if received is not None and (held is None or not held.fill(state, received)):
             return MissingAudio()
         call = self.processor.steps(state, pcm, finalize)
-        # The VAD on a chunk is milliseconds of CPU: the first step runs in a thread so other calls interleave.
-        # (A StopIteration cannot cross into an asyncio future, so it is caught in the thread.)
-        step = await asyncio.to_thread(advance, call, None)
-        while isinstance(step, DecodeJob):
-            step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
+        step = advance(call, None)
+        while not isinstance(step, list):
+            if isinstance(step, ScoreJob):
+                step = advance(call, await self.score(step))
+            else:
+                step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
         if held is not None:
             held.keep(state)
         return Processed(without_audio(state), step)
+
+    @serve.batch(max_batch_size=VAD_BATCH, batch_wait_timeout_s=VAD_WAIT_S)
+    async def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
+        """The VAD on the new audio of the calls in flight, together: one model run per 32 ms frame step for all of
+        them (a few streams cost about what one does), in a thread so that calls keep arriving meanwhile."""
+        return await asyncio.to_thread(self.processor.vad.score_batch, [(job.state, job.samples) for job in jobs])
 
     async def features(self) -> Features:
         """How the served model wants its features (asked of Whisper once)."""

@@ -37,3 +37,23 @@ def test_state_survives_a_pickle_between_chunks(vad, by_id):
     handed = pickle.loads(pickle.dumps(handed))
     b = np.concatenate([first, vad.score(handed, audio[20_000:])])
     np.testing.assert_array_equal(a, b)
+
+
+def test_streams_scored_together_get_the_probabilities_they_get_alone(vad, manifest):
+    """A BufferManager scores the new audio of concurrent calls in one model run per frame step: each stream, in
+    calls of any length and batched with any others, gets what it gets scored alone."""
+    clips = [item for item in manifest if item.subset in ("short", "nonspeech")][::7][:8]
+    audios = [load_audio(item.path)[: 16_000 * 6] for item in clips]
+    alone = [vad.score(VadState(), audio) for audio in audios]
+    states, got, at = [VadState() for _ in audios], [[] for _ in audios], [0] * len(audios)
+    rng = np.random.default_rng(20261202)
+    while any(a < audio.size for a, audio in zip(at, audios)):
+        batch = [k for k in range(len(audios)) if at[k] < audios[k].size and rng.random() < 0.8]
+        sizes = [int(rng.integers(0, 40_000)) for _ in batch]  # 0 to 2.5 s: empty calls and sub-frame ones too
+        results = vad.score_batch([(states[k], audios[k][at[k] : at[k] + n]) for k, n in zip(batch, sizes)])
+        for k, n, probs in zip(batch, sizes, results):
+            got[k].append(probs)
+            at[k] += n
+    for k, audio in enumerate(audios):
+        np.testing.assert_allclose(np.concatenate(got[k]), alone[k], atol=1e-6, err_msg=clips[k].id)
+        assert states[k].remainder.size == audio.size % FRAME
