@@ -118,6 +118,9 @@ class DecodeFailure:
 class Shed:
     """An optional (partial) decode refused because the decoder is behind."""
 
+    retry_after_s: float = 0.0
+    """How long until the decoder expects to take such a decode again: a caller sheds its own until then."""
+
 
 @dataclass(frozen=True)
 class BatchStats:

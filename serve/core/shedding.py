@@ -31,9 +31,15 @@ class PartialShedder:
     def expected_wait_s(self) -> float:
         return self.queued * self.seconds_per_item
 
+    def limit_s(self, eager: bool) -> float:
+        """The longest expected wait at which an optional request of this kind is taken."""
+        return min(self.eager_wait_s, self.max_wait_s) if eager else self.max_wait_s
+
     def admit(self, optional: bool, eager: bool = False) -> bool:
         """Whether to take a request now: required ones always; eager ones only while the wait is short (the
         replica has room: idle on a CPU, a batch not yet full on a GPU), other optional ones up to ``max_wait_s``."""
-        if not optional:
-            return True
-        return self.expected_wait_s <= (min(self.eager_wait_s, self.max_wait_s) if eager else self.max_wait_s)
+        return not optional or self.expected_wait_s <= self.limit_s(eager)
+
+    def retry_after_s(self, eager: bool) -> float:
+        """How long until the queue, draining without new requests, lets an optional request of this kind in."""
+        return max(0.0, self.expected_wait_s - self.limit_s(eager))

@@ -9,6 +9,7 @@ so that the caller (``StreamCalls``) sends the call again with the audio.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -61,6 +62,10 @@ class BufferManager:
         self.whisper = whisper
         self.processor = StreamProcessor()
         self._features: Features | None = None
+        self.shed_until = {True: 0.0, False: 0.0}
+        """By eagerness: until when Whisper expects to refuse optional decodes (its last refusal's retry_after_s)."""
+        self.shed_here = {True: 0, False: 0}
+        """Optional decodes this replica shed without sending them, by eagerness."""
 
     def reconfigure(self, config: dict) -> None:
         """Live VAD/policy options from ``user_config``; the VAD model itself is kept."""
@@ -76,6 +81,10 @@ class BufferManager:
             raise Unavailable(f"Whisper: no answer within {timeout_s:g} s") from None
         except Exception as exc:
             raise Unavailable(f"Whisper: {type(exc).__name__}") from None
+
+    def info(self) -> dict:
+        """What this replica did on its own (``/metrics/summary``)."""
+        return {"shed_here": {"eager": self.shed_here[True], "partial": self.shed_here[False]}}
 
     async def whisper_info(self) -> dict:
         """What the Whisper replica answering this call has done (``/metrics/summary``)."""
@@ -108,6 +117,9 @@ class BufferManager:
         while not isinstance(step, list):
             if isinstance(step, ScoreJob):
                 step = advance(call, await self.score(step))
+            elif step.optional and time.monotonic() < self.shed_until[step.eager]:
+                self.shed_here[step.eager] += 1  # Whisper said it has no room for this kind yet: not even sent
+                step = advance(call, None)
             else:
                 step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
         if held is not None:
@@ -143,6 +155,11 @@ class BufferManager:
             budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2,
         )
         if isinstance(result, Shed):
+            # Until Whisper expects room again, this replica sheds such decodes itself: no features computed for
+            # them, no bytes sent. A partial refused means no room for an eager one either.
+            until = time.monotonic() + result.retry_after_s
+            for kind in (True, False) if not eager else (True,):
+                self.shed_until[kind] = max(self.shed_until[kind], until)
             return None
         if isinstance(result, DecodeFailure):
             raise DecodeError(f"{result.kind}: {result.message}")

@@ -90,6 +90,7 @@ class Ingress:
             )
         return {
             "whisper": await self.buffer_manager.whisper_info.remote(),
+            "buffer_manager": await self.buffer_manager.info.remote(),
             "ingress": {
                 "open_streams": len(self.sessions), "max_streams": self.limits.max_streams,
                 "payload_bytes": {

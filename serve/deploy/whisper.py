@@ -73,7 +73,7 @@ class Whisper:
         if not self.shedder.admit(optional, eager):
             self.refused[kind] += 1
             self.metrics.partials_shed.inc()
-            result: DecodeResult | DecodeFailure | Shed = Shed()
+            result: DecodeResult | DecodeFailure | Shed = Shed(self.shedder.retry_after_s(eager))
         else:
             self.taken[kind] += 1
             self.shedder.queued += 1
