@@ -3,7 +3,7 @@
 The fenced bash block under "**A cluster by hand**" in README.md is read from the file, so the README cannot drift from
 what works. Its full-line comments split it into machines: the section that runs ``ray start --head`` runs as the head,
 the one with ``ray start --address`` as a worker, any other (``serve deploy``) as the machine deploying. Each section
-runs in its own ``bash -euo pipefail`` with its own HOME (a fresh machine: nothing in ``~/.ray``), from this
+runs in its own ``bash -euo pipefail`` with its own HOME (its own ``~/.ray``), from this
 repository's directory, with the venv's ``ray`` and ``serve`` first on PATH and no RAY_* variable inherited.
 
 Both nodes run on this one host, so only what must differ here is changed, each time the same way:
@@ -18,9 +18,11 @@ Both nodes run on this one host, so only what must differ here is changed, each 
 - ``RAY_TMPDIR`` is a fresh short directory, so these nodes share no session, socket or lock with any other
   Ray on the host; ``RAY_USAGE_STATS_ENABLED=0`` keeps CI offline.
 
-Two variants: a fresh machine, deploying from a third machine that holds the token in ``RAY_AUTH_TOKEN`` (the
-README's other way); and machines where ``scripts/run.sh`` already ran (each HOME holds its own token in
-``~/.ray/auth_token``, as ``serve run`` leaves it), deploying from the head. Each streams a clip through the head's
+The head and the worker are machines where ``scripts/run.sh`` already ran (each HOME holds its own token in
+``~/.ray/auth_token``, as ``serve run`` leaves it): the head keeps its token, the worker's is replaced by the head's.
+The deploy runs on a third machine that holds the token in ``RAY_AUTH_TOKEN`` (the README's other way). (A second
+variant, fresh machines deploying from the head, ran here until 2026-12-02: 45 s of CI for Ray's own token
+generation and lookup, which this variant's head and worker go through too.) It streams a clip through the head's
 and the worker's proxies, checks ``serve status``, that the dashboard refuses a request without the token and
 that ``serve.bench``'s REST helpers get through with it, and that no command printed Ray's warning that token
 authentication is disabled. Then ``serve shutdown`` and every process of these two nodes is ended by PID (found by a
@@ -242,8 +244,7 @@ def test_kuberay_rayservice_turns_on_token_auth_from_one_secret():
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("after_run_sh", [False, True], ids=["fresh-machines", "after-scripts-run-sh"])
-def test_readme_cluster_commands_deploy_with_token_auth(after_run_sh: bool, tmp_path: Path, by_id, monkeypatch):
+def test_readme_cluster_commands_deploy_with_token_auth(tmp_path: Path, by_id, monkeypatch):
     from ray.util import get_node_ip_address
 
     from serve.bench import rest
@@ -262,18 +263,17 @@ def test_readme_cluster_commands_deploy_with_token_auth(after_run_sh: bool, tmp_
     host = OneHost(get_node_ip_address(), tmp_path / "config" / "serve.yaml", machines.home("head"))
     dashboard = f"http://{host.ip}:{host.dashboard}"
     token_file = machines.home("head") / ".ray" / "auth_token"
-    if after_run_sh:
-        # What scripts/run.sh leaves: `serve run` starts a local Ray, which saves a new token in ~/.ray/auth_token
-        # (Ray's generate_and_save_token; `ray get-auth-token --generate` is the same call). Here on every machine,
-        # each its own; and the deploy is run on the head.
-        for machine in ("head", "worker"):
-            assert machines.run(machine, ["ray get-auth-token --generate > /dev/null"]).returncode == 0
-        machines.env["client"] = machines.env["head"]
-        stale_worker_token = (machines.home("worker") / ".ray" / "auth_token").read_text()
+    # What scripts/run.sh leaves: `serve run` starts a local Ray, which saves a new token in ~/.ray/auth_token
+    # (Ray's generate_and_save_token; `ray get-auth-token --generate` is the same call). Here on both nodes, each its
+    # own.
+    for machine in ("head", "worker"):
+        assert machines.run(machine, ["ray get-auth-token --generate > /dev/null"]).returncode == 0
+    head_token = token_file.read_text()
+    stale_worker_token = (machines.home("worker") / ".ray" / "auth_token").read_text()
     try:
         for section in parts:
             machine = section.machine
-            if machine == "client" and not after_run_sh:
+            if machine == "client":
                 # A third machine; the README's other way to hold the token.
                 assert token_file.is_file(), "the head section made no token in ~/.ray/auth_token"
                 machines.env["client"]["RAY_AUTH_TOKEN"] = token_file.read_text().strip()
@@ -317,9 +317,9 @@ def test_readme_cluster_commands_deploy_with_token_auth(after_run_sh: bool, tmp_
             assert result.of_type("end") and result.close_code == 1000, (url, result.close_code)
             assert errors.wer <= 0.15, (url, result.text)
 
-        if after_run_sh:
-            worker_token = (machines.home("worker") / ".ray" / "auth_token").read_text()
-            assert worker_token == token_file.read_text() != stale_worker_token, "the worker must hold the head's token"
+        worker_token = (machines.home("worker") / ".ray" / "auth_token").read_text()
+        assert worker_token == token_file.read_text() != stale_worker_token, "the worker must hold the head's token"
+        assert token_file.read_text() == head_token, "the head keeps the token scripts/run.sh left"
         assert (token_file.stat().st_mode & 0o077) == 0, "the token file is readable by other users"
 
         shutdown = machines.run("client", ["serve shutdown -y"])

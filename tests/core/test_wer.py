@@ -74,8 +74,9 @@ def stream_texts(vad):
 
 @pytest.fixture(scope="module")
 def offline_texts(manifest):
-    offline = OfflineTranscriber()
-    return {item.id: offline.transcribe(item.path) for item in manifest if item.subset in ("short", "long")}
+    items = [item for item in manifest if item.subset in ("short", "long")]
+    texts = OfflineTranscriber().transcribe_all([item.path for item in items])
+    return {item.id: texts[item.path] for item in items}
 
 
 SUBSET_RATIO = 1.25
