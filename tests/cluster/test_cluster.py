@@ -200,7 +200,7 @@ def test_whisper_scales_out_one_replica_per_gpu_node_and_back(cluster: ClusterSe
             spread.extend(placements("Whisper"))
             print(f"  Whisper at 2 replicas {time.monotonic() - started:.1f} s into the load")
 
-    results = stream_all([cluster.head_url] * len(items), audios, during=watch)
+    results = stream_all([cluster.head_url] * len(items), audios, speed=2.0, during=watch)
     offline = OfflineTranscriber()
     for item, audio, result in zip(items, audios, results):
         assert_transcribed(item, audio, result, offline)
@@ -284,7 +284,7 @@ def test_a_worker_node_dies_and_its_stream_reconnects_and_continues(cluster: Clu
             cluster.cluster.remove_node(node, allow_graceful=False)
             killed_at.append(time.monotonic() - started)
 
-    results = stream_all(urls, audios, speed=2.0, reconnects=5, during=kill_after_a_while)
+    results = stream_all(urls, audios, speed=3.0, reconnects=5, during=kill_after_a_while)
     assert killed_at
     for result in results:
         arrivals = [at for m, at in zip(result.messages, result.arrivals) if m["type"] == "final"]
