@@ -19,6 +19,7 @@ those items' rows of the one encoder output.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -215,6 +216,7 @@ class BatchedWhisper:
             tuple(sorted(self.model.feat_kwargs.items())),
         )
         self._tokenizers: dict[tuple[str, str], object] = {}
+        self._buffers = threading.local()
 
     # -- public ---------------------------------------------------------------
     def transcribe(self, request: DecodeRequest) -> DecodeResult:
@@ -319,13 +321,24 @@ class BatchedWhisper:
         """The items' features (one input shape), zero-padded or trimmed to it as faster-whisper's ``pad_or_trim``
         does, copied once into one array."""
         frames = self._input_frames(items[0])
-        stacked = np.empty((len(items), items[0].features.shape[0], frames), np.float32)  # type: ignore[union-attr]
+        stacked = self._stacking_buffer(len(items), items[0].features.shape[0], frames)  # type: ignore[union-attr]
         for row, item in zip(stacked, items):
             assert self._input_frames(item) == frames and item.features is not None
             n = min(item.features.shape[1], frames)
             row[:, :n] = item.features[:, :n]
             row[:, n:] = 0.0
         return stacked
+
+    def _stacking_buffer(self, size: int, mels: int, frames: int) -> np.ndarray:
+        """An array of ``size`` input rows, reused from batch to batch (per thread, per input shape): a fresh one
+        of tens of MB costs more in page faults than the copy into it. The engine is done with it once encode
+        returns, before the next batch of the thread can stack."""
+        buffers: dict[tuple[int, int], np.ndarray] = self._buffers.__dict__.setdefault("by_shape", {})
+        buffer = buffers.get((mels, frames))
+        if buffer is None or buffer.shape[0] < size:
+            rows = 1 << (size - 1).bit_length()  # the next power of two: a few sizes over the replica's life
+            buffer = buffers[(mels, frames)] = np.empty((rows, mels, frames), np.float32)
+        return buffer[:size]
 
     def _decode(self, items: list[_Prepared]) -> tuple[list[DecodeResult], int]:
         """Decode ``items`` in one engine call per input shape; returns the results and the number of calls."""
