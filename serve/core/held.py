@@ -3,9 +3,9 @@
 The Ingress keeps each stream's state, its pending audio included: it is the stream's record, so a BufferManager
 replica that dies loses nothing. A call sends the state without that audio (``without_audio``), the new PCM, and
 how much audio the state had (``received``). The BufferManager replica that answered the stream's last call holds
-that audio (``HeldAudio``; Serve routes a stream's calls to it, serve.deploy.buffer_manager) and puts it back
-(``fill``). Any other replica (a new one, after a restart or a scale-up, or one that let the stream's audio go)
-cannot, and says so: the caller sends the same call once more with the audio.
+that audio (``HeldAudio``) and puts it back (``fill``). Any other replica (another of several, a new one after a
+restart or a scale-up, or one that let the stream's audio go) cannot, and says so: the caller sends the same call
+once more with the audio (serve.deploy.buffer_manager.StreamCalls).
 
 The answer carries no audio either. The stream policy only ever appends the new PCM and trims from the front, so the
 caller rebuilds the pending audio from its own copy, the PCM and the answer's ``audio_start`` (``rebuild``).

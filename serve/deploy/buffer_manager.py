@@ -1,15 +1,18 @@
 """The BufferManager deployment: stream state in, stream state and messages out.
 
 Stateless as far as a stream's record goes: the Ingress keeps every stream's state. To keep calls light, a replica
-holds each stream's pending audio between its calls (serve.core.held); Serve routes a stream's calls to the replica
-holding it (the stream id as the multiplexed model id), and a replica that does not hold it answers ``MissingAudio``
-so that the caller (``StreamCalls``) sends the call again with the audio.
+holds each stream's pending audio between its calls (serve.core.held), and a replica that does not hold it answers
+``MissingAudio`` so that the caller (``StreamCalls``) sends the call again with the audio. (Serve routes calls by
+load, not by stream: with one BufferManager replica, a node's usual count, every light call finds its audio; with k,
+about one in k does. Serve's multiplexed-model routing would keep a stream on one replica, but it dispatched the
+calls one at a time here: 30 concurrent calls were 30 VAD batches of one.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -64,6 +67,10 @@ class BufferManager:
         self._features: Features | None = None
         self.shed_until = {True: 0.0, False: 0.0}
         """By eagerness: until when Whisper expects to refuse optional decodes (its last refusal's retry_after_s)."""
+        self.held: OrderedDict[str, HeldAudio] = OrderedDict()
+        """Streams' pending audio as their last call here left it (serve.core.held), least recently called first."""
+        self.vad_batches: Counter[int] = Counter()
+        """VAD batches by size: the calls whose audio was scored together."""
         self.shed_here = {True: 0, False: 0}
         """Optional decodes this replica shed without sending them, by eagerness."""
 
@@ -84,32 +91,39 @@ class BufferManager:
 
     def info(self) -> dict:
         """What this replica did on its own (``/metrics/summary``)."""
-        return {"shed_here": {"eager": self.shed_here[True], "partial": self.shed_here[False]}}
+        return {
+            "shed_here": {"eager": self.shed_here[True], "partial": self.shed_here[False]},
+            "vad_batches": dict(sorted(self.vad_batches.items())),
+        }
 
     async def whisper_info(self) -> dict:
         """What the Whisper replica answering this call has done (``/metrics/summary``)."""
         return await self.whisper.info.remote()
 
-    @serve.multiplexed(max_num_models_per_replica=MAX_HELD_STREAMS)
-    async def held_audio(self, stream_id: str) -> HeldAudio:
-        """A stream's held audio; Serve routes the calls that name ``stream_id`` to the replica holding it, and
-        lets the least recently called stream's audio go past MAX_HELD_STREAMS."""
-        return HeldAudio()
+    def held_audio(self, stream_id: str) -> HeldAudio:
+        """A stream's held audio (new: none), most recently called last; past MAX_HELD_STREAMS the least recently
+        called stream's audio is let go."""
+        held = self.held.pop(stream_id, None) or HeldAudio()
+        self.held[stream_id] = held
+        while len(self.held) > MAX_HELD_STREAMS:
+            self.held.popitem(last=False)
+        return held
 
     async def process(
-        self, state: StreamState, pcm: np.ndarray, finalize: bool = False, received: int | None = None
+        self, state: StreamState, pcm: np.ndarray, finalize: bool = False, received: int | None = None,
+        stream_id: str | None = None,
     ) -> Processed | MissingAudio:
         """Merge ``pcm`` into the stream, run the VAD and decode every window the core asks for.
 
-        ``received``: the state was sent without its pending audio, which ended at this sample; the replica holding
-        the stream's audio (the call names the stream as its multiplexed model id) puts it back, any other answers
-        ``MissingAudio``. None: the state carries its audio. The answer's state never carries it.
+        ``received``: the state was sent without its pending audio, which ended at this sample; a replica holding
+        the audio of ``stream_id`` as its last call left it puts it back, any other answers ``MissingAudio``. None:
+        the state carries its audio. With a ``stream_id`` the replica holds the audio after the call. The answer's
+        state never carries it.
 
         The core's ``steps`` owns the loop and decides what may be skipped; this only moves its decode jobs to
         Whisper and their results back (``None`` when Whisper shed a partial decode because it is behind).
         """
-        stream_id = serve.get_multiplexed_model_id()
-        held = await self.held_audio(stream_id) if stream_id else None
+        held = self.held_audio(stream_id) if stream_id else None
         if received is not None and (held is None or not held.fill(state, received)):
             return MissingAudio()
         call = self.processor.steps(state, pcm, finalize)
@@ -130,6 +144,7 @@ class BufferManager:
     async def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
         """The VAD on the new audio of the calls in flight, together: one model run per 32 ms frame step for all of
         them (a few streams cost about what one does), in a thread so that calls keep arriving meanwhile."""
+        self.vad_batches[len(jobs)] += 1
         return await asyncio.to_thread(self.processor.vad.score_batch, [(job.state, job.samples) for job in jobs])
 
     async def features(self) -> Features:
@@ -176,7 +191,7 @@ class StreamCalls:
     def __init__(
         self, handle: DeploymentHandle, stream_id: str, *, retry_s: float, payload: PayloadBytes | None = None
     ) -> None:
-        self.handle = handle.options(multiplexed_model_id=stream_id)
+        self.handle = handle
         self.stream_id, self.retry_s, self.payload = stream_id, retry_s, payload
         self.sent = 0
         """Calls sent, including each one sent again."""
@@ -184,11 +199,11 @@ class StreamCalls:
         """Calls a replica answered MissingAudio (and were sent again with the audio)."""
 
     async def process(self, state: StreamState, pcm: np.ndarray, finalize: bool = False) -> Processed:
-        light = (without_audio(state), pcm, finalize, state.received)
+        light = (without_audio(state), pcm, finalize, state.received, self.stream_id)
         answer = await self._send(light)
         if isinstance(answer, MissingAudio):
             self.resent_with_audio += 1
-            answer = await self._send((state, pcm, finalize))
+            answer = await self._send((state, pcm, finalize, None, self.stream_id))
         if not isinstance(answer, Processed):
             raise TypeError(f"the BufferManager answered {type(answer).__name__} to a call with the audio")
         return Processed(rebuild(state, pcm, answer.state), answer.messages)
