@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from serve.bench import scoring
 from serve.bench.eval_set import eval_dir, load_items
-from serve.bench.load import Options, plan_items, read_pcm16, run_load
+from serve.bench.load import Options, add_stream_arguments, plan_items, read_pcm16, run_load
 from serve.bench.report import decimal, markdown, plot
 from serve.bench.rest import (
     batching_configs,
@@ -51,14 +50,11 @@ from serve.bench.rest import (
     wait_for_batch_size,
 )
 from serve.bench.results import BenchConfig, BenchResults, Criteria, RunResult, analyze_run, comparison
-from serve.client import DEFAULT_URL
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"service WebSocket URL (default {DEFAULT_URL})")
-    parser.add_argument("--http-url", help="service HTTP base for /metrics/summary (default: from --url)")
-    parser.add_argument("--manifest", type=Path, help="eval manifest (default $ASR_EVAL_DIR/manifest.jsonl)")
+    add_stream_arguments(parser)
     parser.add_argument("--subset", default="short,long", help="comma-separated subsets (default short,long)")
     parser.add_argument("--ids", help="comma-separated manifest ids: only these items (of --subset)")
     load = parser.add_mutually_exclusive_group()
@@ -66,16 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--sweep", help="comma-separated stream counts, e.g. 1,2,4,8; reports capacity")
     load.add_argument("--survey", action="store_true", help="runs 1, 3 and 15 streams (the seed survey's view)")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time)")
-    parser.add_argument("--chunk", type=float, default=1.0, help="seconds of audio per binary frame")
     parser.add_argument("--encoding", choices=["s16le", "f32le"], default="s16le")
-    parser.add_argument("--language", default="en", help="language query parameter ('' to leave it out)")
-    parser.add_argument("--token", default=os.environ.get("ASR_API_KEY"), help="API key (default $ASR_API_KEY)")
     parser.add_argument("--stagger", type=float, default=1.0, help="streams start at random offsets in [0, this) s")
     parser.add_argument("--seed", type=int, default=0, help="seeds the file order and the start offsets")
     parser.add_argument("--slo", type=float, default=2.0, help="p95 final lag limit, seconds")
     parser.add_argument("--wer-ratio", type=float, default=1.10, help="WER limit as a multiple of offline WER")
     parser.add_argument("--wer-slack", type=float, default=0.0, help="absolute WER added to that limit")
-    parser.add_argument("--end-timeout", type=float, default=60.0, help="seconds to wait for end after the audio")
     parser.add_argument("--cooldown", type=float, default=2.0, help="idle seconds between runs")
     parser.add_argument(
         "--server-pid", type=int, help="PID of the service (e.g. of `serve run`): CPU%% of its process tree"

@@ -10,7 +10,9 @@ does too. After the last chunk: ``stop``, then wait for ``end``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -25,7 +27,7 @@ import numpy as np
 from serve.bench.cpu import CpuSampler, CpuUsage
 from serve.bench.eval_set import EvalItem
 from serve.bench.rest import fetch_summary
-from serve.client import NotReady, Transcript, stream_file
+from serve.client import DEFAULT_URL, NotReady, Transcript, stream_file
 from serve.core.audio import SAMPLE_RATE
 
 
@@ -41,6 +43,18 @@ def read_pcm16(path: Path) -> np.ndarray:
 
     audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
     return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options every benchmark shares: where the service is, which eval set, and how each stream is
+    sent (``Options``)."""
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"service WebSocket URL (default {DEFAULT_URL})")
+    parser.add_argument("--http-url", help="service HTTP base for /metrics/summary (default: from --url)")
+    parser.add_argument("--manifest", type=Path, help="eval manifest (default $ASR_EVAL_DIR/manifest.jsonl)")
+    parser.add_argument("--chunk", type=float, default=1.0, help="seconds of audio per binary frame (default 1)")
+    parser.add_argument("--language", default="en", help="language query parameter ('' to leave it out)")
+    parser.add_argument("--token", default=os.environ.get("ASR_API_KEY"), help="API key (default $ASR_API_KEY)")
+    parser.add_argument("--end-timeout", type=float, default=60.0, help="seconds to wait for end after the audio")
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,9 @@ import numpy as np
 from serve.bench import scoring
 from serve.bench.cpu import MODEL_ROLE, ROLES, CpuSampler, CpuUsage, RoleCpu
 from serve.bench.eval_set import EvalItem, eval_dir, load_items
-from serve.bench.load import Options, Progress, StreamRecord, play_stream, read_pcm16
+from serve.bench.load import Options, Progress, StreamRecord, add_stream_arguments, play_stream, read_pcm16
 from serve.bench.rest import fetch_json, fetch_summary, http_base
 from serve.bench.results import StreamResult, analyze_stream, server_figures
-from serve.client import DEFAULT_URL
 from serve.core.audio import SAMPLE_RATE
 
 GAP_S = 1.5
@@ -689,8 +688,7 @@ def _payload_table(report: dict[str, Any]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serve.bench.room", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"service WebSocket URL (default {DEFAULT_URL})")
-    parser.add_argument("--http-url", help="service HTTP base for /metrics/summary (default: from --url)")
+    add_stream_arguments(parser)
     parser.add_argument("--server-pid", type=int, help="PID of the service (`serve run`): CPU of its process tree")
     parser.add_argument("--speakers", type=int, default=6, help="streams playing speech (default 6)")
     parser.add_argument("--silent", type=int, default=94, help="streams playing non-speech (default 94)")
@@ -700,11 +698,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the speakers' clips and the start offsets")
     parser.add_argument("--rest", type=float, default=5.0, help="seconds the service is watched at rest before a phase")
     parser.add_argument("--cooldown", type=float, default=5.0, help="idle seconds between the phases")
-    parser.add_argument("--end-timeout", type=float, default=60.0, help="seconds to wait for end after the audio")
-    parser.add_argument("--chunk", type=float, default=1.0, help="seconds of audio per binary frame (default 1)")
-    parser.add_argument("--language", default="en", help="language query parameter ('' to leave it out)")
-    parser.add_argument("--token", default=os.environ.get("ASR_API_KEY"), help="API key (default $ASR_API_KEY)")
-    parser.add_argument("--manifest", type=Path, help="eval manifest (default $ASR_EVAL_DIR/manifest.jsonl)")
     parser.add_argument("--label", default="", help="a name for this run (e.g. before, after): in both outputs")
     parser.add_argument("--out", type=Path, default=Path("bench_results/room"), help="output folder")
     args = parser.parse_args(argv)
