@@ -185,6 +185,12 @@ class StreamState:
     def duration(self) -> float:
         return self.received / SAMPLE_RATE
 
+    @property
+    def quiet(self) -> bool:
+        """No speech pending: no utterance open or waiting, no tentative words. A call on a quiet stream decodes
+        nothing unless its own audio brings speech, so it is quick (the VAD only): such calls can share a trip."""
+        return self.vad.open_segment is None and not self.closed and not self.hypothesis
+
     def window_audio(self, window: Window) -> np.ndarray:
         return self.audio[window.start - self.audio_start : window.end - self.audio_start]
 

@@ -36,7 +36,7 @@ class DialectSocket(SocketStream):
     client ended."""
 
     def __init__(self, ws: WebSocket, session: Session, ingress: Ingress) -> None:
-        super().__init__(ws, session, ingress.buffer_manager, ingress.limits, ingress.metrics)
+        super().__init__(ws, session, ingress.buffer_manager, ingress.limits, ingress.metrics, ingress.shared_calls)
         self.protocol: DialectProtocol = DialectProtocol(session, ingress.limits, time.monotonic())
 
     async def close(self, code: int, reason: str = "") -> None:

@@ -18,7 +18,7 @@ from serve.core.messages import Ready
 from serve.core.session import Session, StreamParams
 from serve.core.settings import IngressOptions
 from serve.deploy import compat
-from serve.deploy.buffer_manager import Unavailable
+from serve.deploy.buffer_manager import SharedCalls, Unavailable
 from serve.deploy.metrics import IngressMetrics
 from serve.deploy.retry import answer_within
 from serve.deploy.socket_stream import SocketStream, StreamClosed, send_error
@@ -38,6 +38,8 @@ HEALTH_TIMEOUT_S = 5.0
 class Ingress:
     def __init__(self, buffer_manager: DeploymentHandle, default_language: str = "en") -> None:
         self.buffer_manager = buffer_manager
+        self.shared_calls = SharedCalls(buffer_manager)
+        """Quiet streams' calls, many per trip to the BufferManager."""
         self.default_language = default_language
         self.sessions: dict[str, Session] = {}
         self._facts: ModelFacts | None = None
@@ -97,6 +99,7 @@ class Ingress:
                     "to_buffer_manager": self.metrics.payload.sent, "from_buffer_manager": self.metrics.payload.answered,
                     "calls": self.metrics.payload.calls,
                 },
+                "shared_trips": dict(sorted(self.shared_calls.trips.items())),
             },
         }
 
@@ -168,7 +171,7 @@ class Ingress:
             ready = Ready(session=session.id, model=facts.model, sample_rate=SAMPLE_RATE, language=session.state.language)
             await ws.send_text(ready.to_json())
             self.metrics.streams.inc()
-            await SocketStream(ws, session, self.buffer_manager, self.limits, self.metrics).run()
+            await SocketStream(ws, session, self.buffer_manager, self.limits, self.metrics, self.shared_calls).run()
         except ProtocolError as exc:  # refused before any audio was accepted
             self.metrics.error(exc.code)
             await send_error(ws, exc)

@@ -17,7 +17,7 @@ from serve.core.messages import End, Error, Final, Partial
 from serve.core.protocol import Call, Outgoing, StreamProtocol
 from serve.core.session import Session
 from serve.core.settings import LimitOptions
-from serve.deploy.buffer_manager import StreamCalls
+from serve.deploy.buffer_manager import SharedCalls, StreamCalls
 from serve.deploy.metrics import IngressMetrics
 from serve.deploy.retry import dead_replica
 
@@ -37,11 +37,13 @@ class SocketStream:
 
     def __init__(
         self, ws: WebSocket, session: Session, buffer_manager: DeploymentHandle, limits: LimitOptions,
-        metrics: IngressMetrics,
+        metrics: IngressMetrics, shared: SharedCalls | None = None,
     ) -> None:
         self.ws, self.session, self.limits = ws, session, limits
         self.metrics = metrics
-        self.calls = StreamCalls(buffer_manager, session.id, retry_s=limits.retry_s, payload=metrics.payload)
+        self.calls = StreamCalls(
+            buffer_manager, session.id, retry_s=limits.retry_s, payload=metrics.payload, shared=shared
+        )
         self.protocol = StreamProtocol(session, limits, time.monotonic())
         self.wake = asyncio.Event()
         self.send_lock = asyncio.Lock()

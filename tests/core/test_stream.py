@@ -417,3 +417,26 @@ def test_a_stream_that_wants_no_partials_gets_no_partial_decodes(processor, engi
     assert not [m for m in messages if isinstance(m, Partial)]
     text = " ".join(words(messages))
     assert "stew for dinner" in text and "mutton pieces" in text and text.endswith("sauce"), text
+
+
+def test_a_quiet_stream_is_quiet_until_speech_and_again_after_its_final(processor, engine, by_id):
+    """``StreamState.quiet`` routes a call into a trip shared with other streams (serve.deploy.buffer_manager): it
+    must mean that the call decodes nothing unless its own audio brings speech."""
+    speech = pcm16(by_id["jfk"].path)
+    pcm = np.concatenate([np.zeros(16_000 * 2, np.int16), speech, np.zeros(16_000 * 4, np.int16)])
+    state, seen, messages = StreamState(language="en"), [], []
+    for i in range(0, pcm.size, 16_000):
+        chunk, quiet, decodes = pcm[i : i + 16_000], state.quiet, []
+
+        def decode(job, decodes=decodes):  # type: ignore[no-untyped-def]
+            decodes.append(job.window.kind.value)
+            return engine.transcribe(job.request)
+
+        messages += drive(processor.steps(state, chunk), decode)
+        seen.append(quiet)
+        if quiet and not chunk.any():
+            assert not decodes, (i / 16_000, decodes)  # silence on a quiet stream: the VAD only
+    assert seen[:3] == [True, True, True]  # before the speech and its first second (not scored yet)
+    assert not all(seen[3:-4])  # while it speaks
+    assert state.quiet and seen[-1]  # after its final, in the silence
+    assert "ask not what your country can do for you" in " ".join(words(messages))

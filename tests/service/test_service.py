@@ -54,7 +54,9 @@ def test_calls_carry_the_new_audio_not_the_streams_pending_audio(long_run):
     assert payload["from_buffer_manager"] <= calls * 8_000
 
 
-def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
+def test_four_speakers_and_eight_quiet_streams_at_once_stay_apart_and_are_batched(service, manifest):
+    """Four speakers' decodes share Whisper's batches; the calls of streams with no speech pending share trips to
+    the BufferManager, and the quiet streams get no words."""
     seen, clips = set(), []
     for item in manifest:
         if item.subset == "short" and item.id.startswith("ls-") and item.speaker not in seen and 5 < item.duration_s < 16:
@@ -62,13 +64,27 @@ def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
             clips.append(item)
     clips = clips[:4]
     assert len(clips) == 4
-    before = service.summary()["whisper"]["batch_sizes"]
+    quiet = [item for item in manifest if item.subset == "nonspeech"][:8]
+    assert len(quiet) == 8
+    before = service.summary()
+    batches_before, trips_before = before["whisper"]["batch_sizes"], before["ingress"]["shared_trips"]
 
     async def all_at_once():
-        return await asyncio.gather(*(stream_file(load_audio(c.path), service.ws, speed=1.0) for c in clips))
+        return await asyncio.gather(
+            *(stream_file(load_audio(c.path), service.ws, speed=1.0) for c in clips),
+            *(stream_file(load_audio(q.path)[: 16_000 * 8], service.ws, speed=1.0) for q in quiet),
+        )
 
-    results = asyncio.run(all_at_once())
-    after = service.summary()["whisper"]["batch_sizes"]
+    results = list(asyncio.run(all_at_once()))
+    results, quiet_results = results[: len(clips)], results[len(clips) :]
+    summary = service.summary()
+    after, trips_after = summary["whisper"]["batch_sizes"], summary["ingress"]["shared_trips"]
+    for item, result in zip(quiet, quiet_results):
+        assert result.close_code == 1000 and not result.errors and not result.text.strip(), (item.id, result.text)
+    trips = {int(size): count - trips_before.get(size, 0) for size, count in trips_after.items()}
+    calls = sum(size * count for size, count in trips.items())
+    assert calls >= 8 * 6, trips  # the quiet streams' calls (of about 8 each), and the speakers' before they spoke
+    assert sum(trips.values()) <= calls / 2, trips  # trips carried two calls or more on average
     for clip, result in zip(clips, results):
         own = set(normalize_text(clip.text).split())
         words = normalize_text(result.text).split()
@@ -79,7 +95,7 @@ def test_four_speakers_at_once_stay_apart_and_are_batched(service, manifest):
             foreign = set(normalize_text(other.text).split()) - own
             # Words only the other speaker said: at most one by coincidence (a misrecognition).
             assert len([w for w in words if w in foreign and len(w) > 3]) <= 1, (clip.id, other.id, result.text)
-    formed = {int(size): count - before.get(size, 0) for size, count in after.items()}
+    formed = {int(size): count - batches_before.get(size, 0) for size, count in after.items()}
     assert any(size > 1 and count > 0 for size, count in formed.items()), formed
 
 
