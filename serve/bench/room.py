@@ -255,12 +255,16 @@ def payload_figures(delta: Mapping[str, float] | None, stream_s: float) -> dict[
     return out
 
 
-def kinds_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, key: str) -> dict[str, float] | None:
-    """Growth of a Whisper counter kept per kind (``decodes_by_kind``, ``shed_by_kind``); None where absent."""
-    later = ((after or {}).get("whisper") or {}).get(key)
+def kinds_delta(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, key: str, deployment: str = "whisper"
+) -> dict[str, float] | None:
+    """Growth of a counter kept per kind in ``deployment``'s part of the summary (Whisper's ``decodes_by_kind``,
+    ``shed_by_kind``; the Ingress's ``shared_trips``, the BufferManager's ``vad_batches``, by size); None where
+    absent."""
+    later = ((after or {}).get(deployment) or {}).get(key)
     if not isinstance(later, dict):
         return None
-    earlier = ((before or {}).get("whisper") or {}).get(key)
+    earlier = ((before or {}).get(deployment) or {}).get(key)
     earlier = earlier if isinstance(earlier, dict) else {}
     if any(isinstance(v, int | float) and later.get(k, 0) < v for k, v in earlier.items()):
         earlier = {}  # a restart
@@ -425,6 +429,10 @@ def analyze_phase(phase: PhaseRecord, speed: float = 1.0) -> dict[str, Any]:
         "all_clean": not unclean,
         "unclean": unclean,
         "whisper": whisper,
+        "batched_calls": {
+            "shared_trips": kinds_delta(phase.summary_before, phase.summary_after, "shared_trips", "ingress"),
+            "vad_batches": kinds_delta(phase.summary_before, phase.summary_after, "vad_batches", "buffer_manager"),
+        },
         "payload_delta": counters_delta(payload_counters(phase.summary_before), payload_counters(phase.summary_after)),
         "cpu": None if phase.cpu is None else {
             "wall_s": round(phase.cpu.wall_s, 3),
@@ -596,6 +604,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {', '.join(f'{k}: {v}' for k, v in sizes.items()) if sizes else 'n/a'} "
             f"| {fmt(w.get('decode_seconds'), 1)} | {_counts(w.get('decodes_by_kind'))} | {_counts(w.get('shed_by_kind'))} |"
         )
+    lines += _batched_calls_table(phases)
     marginal = report["silent_marginal"] or {}
     if marginal.get("decodes_per_stream_minute"):
         lines.append(
@@ -612,6 +621,36 @@ def markdown(report: dict[str, Any]) -> str:
     for warning in report.get("warnings", []):
         lines.append(f"\n> warning: {warning}")
     return "\n".join(lines) + "\n"
+
+
+def mean_size(by_size: Mapping[str, float] | None) -> tuple[float, float] | None:
+    """(items, mean items per group) of a count of groups by size (``{"3": 2}``: two groups of three); None if
+    absent or empty."""
+    groups = sum((by_size or {}).values())
+    if not groups:
+        return None
+    items = sum(int(size) * count for size, count in by_size.items())  # type: ignore[union-attr]
+    return items, items / groups
+
+
+def _batched_calls_table(phases: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Calls that shared a trip to the BufferManager, and the VAD's batches (one replica's summary each)."""
+    lines = [
+        "", "## Calls sharing trips, audio sharing VAD runs", "",
+        "Quiet streams' calls per trip to the BufferManager (the Ingress's `shared_trips`), and calls whose audio "
+        "the VAD scored together (the BufferManager's `vad_batches`), as the replica that answered /metrics/summary "
+        "counted them.", "",
+        "| phase | calls in shared trips | mean calls per trip | calls scored by the VAD | mean calls per VAD run |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, p in phases.items():
+        batched = p.get("batched_calls") or {}
+        trips, vad = mean_size(batched.get("shared_trips")), mean_size(batched.get("vad_batches"))
+        lines.append(
+            f"| {name} | {fmt(trips and trips[0], 0)} | {fmt(trips and trips[1], 1)} "
+            f"| {fmt(vad and vad[0], 0)} | {fmt(vad and vad[1], 1)} |"
+        )
+    return lines
 
 
 def _counts(counts: Mapping[str, float] | None) -> str:
