@@ -13,6 +13,7 @@ import ray
 import websockets
 
 from serve.bench.offline import OfflineTranscriber
+from serve.bench.room import looped
 from serve.bench.scoring import pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio, to_int16
@@ -38,16 +39,23 @@ def kill_one(deployment: str) -> str:
 
 
 @pytest.mark.parametrize("deployment", ["BufferManager", "Whisper"])
-def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run, deployment):
+def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run, manifest, deployment):
+    """The speaker loses no committed word; quiet streams beside it, whose calls share trips to the BufferManager
+    (a trip lost with the replica fails all its calls at once), go on and end cleanly, with no words."""
     undisturbed = long_run.result
+    quiet = [looped(load_audio(item.path), 80.0) for item in manifest if item.subset == "nonspeech"][:4]
 
     async def go():
         streaming = asyncio.create_task(stream_file(long_run.audio, service.ws, speed=long_run.speed))
+        quieting = [asyncio.create_task(stream_file(audio, service.ws, speed=long_run.speed)) for audio in quiet]
         await asyncio.sleep(12)
         killed = await kill_when_busy(deployment)  # mid-call: a fixed time may fall between two calls
-        return killed, await streaming
+        return killed, await streaming, await asyncio.gather(*quieting)
 
-    killed, result = asyncio.run(go())
+    killed, result, quiet_results = asyncio.run(go())
+    for quiet_result in quiet_results:
+        assert quiet_result.close_code == 1000 and quiet_result.of_type("end"), quiet_result.messages[-3:]
+        assert not quiet_result.errors and not quiet_result.text.strip(), (quiet_result.errors, quiet_result.text)
     replacement = wait_for(lambda: replica_actors(deployment), 60, f"a new {deployment} replica")
     assert replacement[0]._ray_actor_id.hex() != killed
 

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from ray import serve
 
+from serve.bench.room import looped
 from serve.core.audio import load_audio, to_int16
 from serve.core.stream import StreamState
-from serve.deploy.buffer_manager import StreamCalls
+from serve.deploy.buffer_manager import SharedCalls, StreamCalls
 from tests.conftest import Service, check_finals, kill_when_busy, wait_for
 
 pytestmark = pytest.mark.serve
@@ -123,3 +124,59 @@ def test_a_replica_killed_mid_call_gives_the_same_messages_word_for_word(service
     if deployment == "BufferManager":
         assert disturbed.resent_with_audio >= 1  # the new replica did not hold the stream's audio: it was sent
     same_messages(disturbed, undisturbed)
+
+
+QUIET_ITEMS = ("noise-white-10s", "noise-pink-15s", "noise-brown-15s", "hum-50hz-10s")
+"""Non-speech the VAD hears as no speech: their calls decode nothing (no model noise in the comparison)."""
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class QuietStreams:
+    """Quiet streams calling the BufferManager as an Ingress replica's do, their calls sharing trips (``SharedCalls``
+    is a ``@serve.batch``: it runs in a replica)."""
+
+    def __init__(self) -> None:
+        self.handle = serve.get_deployment_handle("BufferManager", app_name=APP)
+
+    async def run(self, audio: list[np.ndarray]) -> tuple[list[tuple], int]:
+        """A 1 s call each, then one long call each, together in one trip. Returns each stream's end (audio start,
+        VAD frames and recurrent state) and the calls sent."""
+        shared = SharedCalls(self.handle)
+        calls = [StreamCalls(self.handle, uuid.uuid4().hex, retry_s=60.0, shared=shared) for _ in audio]
+        states = [StreamState(language="en") for _ in audio]
+        for first in (True, False):
+            pcm = [to_int16(a)[:16_000] if first else to_int16(a)[16_000:] for a in audio]
+            assert all(s.quiet for s in states)  # these calls go in a shared trip
+            answers = await asyncio.gather(*(c.process(s, p) for c, s, p in zip(calls, states, pcm)))
+            assert not any(answer.messages for answer in answers)
+            states = [answer.state for answer in answers]
+        assert sum(shared.trips.values()) < len(calls) * 2  # calls shared trips
+        return [(s.audio_start, s.vad.frames, s.vad.lstm) for s in states], sum(c.sent for c in calls)
+
+
+def test_a_shared_trip_lost_with_its_replica_is_sent_again_call_by_call(service, by_id):
+    """A trip carries the calls of several quiet streams: when its BufferManager replica dies under it, every one
+    of those calls fails, and each stream sends its own call again (to the new replica, with the audio it does not
+    hold), ending exactly where it would have."""
+    healthy(service)
+    audio = [looped(load_audio(by_id[item].path), 21.0) for item in QUIET_ITEMS for _ in range(2)]
+    driver = serve.run(QuietStreams.bind(), name="quiet-streams", route_prefix=None)
+    try:
+        undisturbed, sent = driver.run.remote(audio).result(timeout_s=120)
+        assert sent == 2 * len(audio)
+
+        async def disturbed_run():  # type: ignore[no-untyped-def]
+            running = driver.run.remote(audio)
+            await asyncio.sleep(0.5)  # past the first, short trip
+            killed = await kill_when_busy("BufferManager")
+            return killed, await running
+
+        killed, (disturbed, sent_again) = asyncio.run(disturbed_run())
+    finally:
+        serve.delete("quiet-streams")
+    healthy(service)
+    print(f"BufferManager {killed} killed under a shared trip: {sent_again} calls for {2 * len(audio)}")
+    assert sent_again > sent  # the trip was lost: its calls were sent again
+    for (start, frames, lstm), (want_start, want_frames, want_lstm) in zip(disturbed, undisturbed):
+        assert (start, frames) == (want_start, want_frames)
+        np.testing.assert_allclose(lstm, want_lstm, atol=1e-6)
