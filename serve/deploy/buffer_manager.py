@@ -6,6 +6,9 @@ holds each stream's pending audio between its calls (serve.core.held), and a rep
 load, not by stream: with one BufferManager replica, a node's usual count, every light call finds its audio; with k,
 about one in k does. Serve's multiplexed-model routing would keep a stream on one replica, but it dispatched the
 calls one at a time here: 30 concurrent calls were 30 VAD batches of one.)
+
+The calls of streams with no speech pending share trips (``SharedCalls`` on the Ingress, ``process_many`` here): one
+Ray call carries many, since a call's own cost is more than a silent stream's work.
 """
 
 from __future__ import annotations
