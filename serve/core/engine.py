@@ -62,6 +62,13 @@ class EngineOptions(BaseModel):
         0.6, ge=0.0, le=1.0, description="A window is dropped as silence when no-speech probability is above this..."
     )
     log_prob_threshold: float = Field(-1.0, description="...and its average log probability is below this.")
+    strict_no_speech_threshold: float = Field(
+        0.8, ge=0.0, le=1.0,
+        description="A window the model hears as no speech with a probability above this is dropped unless it is "
+        "decoded at strict_log_prob_threshold or better: music decodes to \"Thank you.\" at about -0.95, just "
+        "above log_prob_threshold. The eval set's speech decodes at a no-speech probability of 0.49 at most.",
+    )
+    strict_log_prob_threshold: float = Field(-0.5, description="See strict_no_speech_threshold.")
     compression_ratio_threshold: float = Field(
         2.4, gt=1.0, description="Text more compressible than this is a repetition loop and is dropped."
     )
@@ -391,7 +398,7 @@ class BatchedWhisper:
                 language_probability=item.language_probability,
             )
             text = tokenizer.decode(ids[n_prefix:])
-            if out.no_speech_prob > self.options.no_speech_threshold and avg_logprob < self.options.log_prob_threshold:
+            if self._no_speech(out.no_speech_prob, avg_logprob):
                 result.dropped = "silence"
             elif text.strip() and get_compression_ratio(text) > self.options.compression_ratio_threshold:
                 result.dropped = "repetition"
@@ -399,6 +406,14 @@ class BatchedWhisper:
             results.append(result)
         self._align(items, tokenizers, encoded, tokens, prefix_lengths, results)
         return results
+
+    def _no_speech(self, no_speech_prob: float, avg_logprob: float) -> bool:
+        """Whisper's rule (likely no speech, and not decoded confidently), and a stricter one for windows the model
+        is surer hold no speech (a confident-sounding hallucination on music)."""
+        o = self.options
+        return (no_speech_prob > o.no_speech_threshold and avg_logprob < o.log_prob_threshold) or (
+            no_speech_prob > o.strict_no_speech_threshold and avg_logprob < o.strict_log_prob_threshold
+        )
 
     def _align(self, items, tokenizers, encoded, tokens, prefix_lengths, results) -> None:  # type: ignore[no-untyped-def]
         """Word timestamps for every item, one align call per start sequence (items without text align to nothing)."""

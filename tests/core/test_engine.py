@@ -146,6 +146,28 @@ def test_silence_gives_no_words(engine):
     assert result.words == []
 
 
+@pytest.mark.parametrize("item,start,seconds", [("music-vibe-ace", 8, 7), ("music-vibe-ace", 14, 10),
+                                                 ("music-hungarian-dance-5", 18, 10)])
+def test_music_the_model_hears_as_no_speech_gives_no_words(engine, by_id, item, start, seconds):
+    """Music the VAD lets through decodes to a confident-sounding "Thank you." (no-speech probability 0.83-0.90,
+    average log probability -0.93 to -0.99, just above Whisper's -1.0 cut). Such a window needs a confident decode:
+    under overload the room benchmark put these words on a silent stream playing this music."""
+    audio = load_audio(by_id[item].path)[start * 16_000 : (start + seconds) * 16_000]
+    result = engine.transcribe(DecodeRequest(audio, language="en"))
+    assert result.no_speech_prob > 0.8  # the model itself doubts there is speech
+    assert result.words == [], " ".join(w.word for w in result.words)
+    assert result.dropped == "silence"
+
+
+def test_speech_the_model_doubts_most_still_gives_its_words(engine, by_id):
+    """The eval set's speech decodes with a no-speech probability of at most 0.49 (every short and noisy clip,
+    streamed in 1 s chunks); the strict cut for windows above 0.8 leaves such speech alone."""
+    audio = load_audio(by_id["vosk-digits-test"].path)
+    result = engine.transcribe(DecodeRequest(audio, language="en"))
+    assert result.words and result.dropped is None
+    assert result.no_speech_prob < engine.options.strict_no_speech_threshold
+
+
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
 def test_int16_and_float32_audio_agree(engine, by_id, dtype):
     audio = load_audio(by_id["ls-1089-134691-0000"].path)
