@@ -159,7 +159,8 @@ def test_a_shared_trip_lost_with_its_replica_is_sent_again_call_by_call(service,
     of those calls fails, and each stream sends its own call again (to the new replica, with the audio it does not
     hold), ending exactly where it would have."""
     healthy(service)
-    audio = [looped(load_audio(by_id[item].path), 21.0) for item in QUIET_ITEMS for _ in range(2)]
+    # The long calls' trip takes about a second of VAD (8 streams x 60 s), so the kill finds it in flight.
+    audio = [looped(load_audio(by_id[item].path), 61.0) for item in QUIET_ITEMS for _ in range(2)]
     driver = serve.run(QuietStreams.bind(), name="quiet-streams", route_prefix=None)
     try:
         undisturbed, sent = driver.run.remote(audio).result(timeout_s=120)
@@ -167,8 +168,7 @@ def test_a_shared_trip_lost_with_its_replica_is_sent_again_call_by_call(service,
 
         async def disturbed_run():  # type: ignore[no-untyped-def]
             running = driver.run.remote(audio)
-            await asyncio.sleep(0.5)  # past the first, short trip
-            killed = await kill_when_busy("BufferManager")
+            killed = await kill_when_busy("BufferManager")  # under the long trip (or the short one: as good)
             return killed, await running
 
         killed, (disturbed, sent_again) = asyncio.run(disturbed_run())
