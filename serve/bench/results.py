@@ -277,7 +277,7 @@ def server_figures(
         for key in ("batches", "decode_seconds")
         if isinstance(later.get(key), int | float)
     }
-    mean = sum(size * count for size, count in histogram.items()) / sum(histogram.values()) if histogram else None
+    mean = items[1] if (items := scoring.histogram_items(histogram)) else None
     return ServerFigures(cpu, before, after, histogram, later.get("max_batch_size"), **counters, mean_batch_size=mean)
 
 

@@ -255,20 +255,27 @@ def payload_figures(delta: Mapping[str, float] | None, stream_s: float) -> dict[
     return out
 
 
-def kinds_delta(
-    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, key: str, deployment: str = "whisper"
-) -> dict[str, float] | None:
-    """Growth of a counter kept per kind in ``deployment``'s part of the summary (Whisper's ``decodes_by_kind``,
-    ``shed_by_kind``; the Ingress's ``shared_trips``, the BufferManager's ``vad_batches``, by size); None where
-    absent."""
-    later = ((after or {}).get(deployment) or {}).get(key)
+def kinds_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, key: str) -> dict[str, float] | None:
+    """Growth of a Whisper counter kept per kind (``decodes_by_kind``, ``shed_by_kind``); None where absent."""
+    later = ((after or {}).get("whisper") or {}).get(key)
     if not isinstance(later, dict):
         return None
-    earlier = ((before or {}).get(deployment) or {}).get(key)
+    earlier = ((before or {}).get("whisper") or {}).get(key)
     earlier = earlier if isinstance(earlier, dict) else {}
     if any(isinstance(v, int | float) and later.get(k, 0) < v for k, v in earlier.items()):
         earlier = {}  # a restart
     return {k: v - earlier.get(k, 0) for k, v in later.items() if isinstance(v, int | float)}
+
+
+def sizes_delta(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, deployment: str, key: str
+) -> dict[int, int] | None:
+    """Growth of a histogram by size that ``deployment`` keeps in the summary (the Ingress's ``shared_trips``, the
+    BufferManager's ``vad_batches``); None where absent."""
+    def read(summary: Mapping[str, Any] | None) -> object:
+        return ((summary or {}).get(deployment) or {}).get(key)
+
+    return scoring.histogram_delta(read(before), read(after))
 
 
 # -- running a phase -----------------------------------------------------------------------------------
@@ -430,8 +437,8 @@ def analyze_phase(phase: PhaseRecord, speed: float = 1.0) -> dict[str, Any]:
         "unclean": unclean,
         "whisper": whisper,
         "batched_calls": {
-            "shared_trips": kinds_delta(phase.summary_before, phase.summary_after, "shared_trips", "ingress"),
-            "vad_batches": kinds_delta(phase.summary_before, phase.summary_after, "vad_batches", "buffer_manager"),
+            key: sizes_delta(phase.summary_before, phase.summary_after, deployment, key)
+            for deployment, key in (("ingress", "shared_trips"), ("buffer_manager", "vad_batches"))
         },
         "payload_delta": counters_delta(payload_counters(phase.summary_before), payload_counters(phase.summary_after)),
         "cpu": None if phase.cpu is None else {
@@ -623,16 +630,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mean_size(by_size: Mapping[str, float] | None) -> tuple[float, float] | None:
-    """(items, mean items per group) of a count of groups by size (``{"3": 2}``: two groups of three); None if
-    absent or empty."""
-    groups = sum((by_size or {}).values())
-    if not groups:
-        return None
-    items = sum(int(size) * count for size, count in by_size.items())  # type: ignore[union-attr]
-    return items, items / groups
-
-
 def _batched_calls_table(phases: Mapping[str, dict[str, Any]]) -> list[str]:
     """Calls that shared a trip to the BufferManager, and the VAD's batches (one replica's summary each)."""
     lines = [
@@ -645,7 +642,8 @@ def _batched_calls_table(phases: Mapping[str, dict[str, Any]]) -> list[str]:
     ]
     for name, p in phases.items():
         batched = p.get("batched_calls") or {}
-        trips, vad = mean_size(batched.get("shared_trips")), mean_size(batched.get("vad_batches"))
+        trips = scoring.histogram_items(batched.get("shared_trips"))
+        vad = scoring.histogram_items(batched.get("vad_batches"))
         lines.append(
             f"| {name} | {fmt(trips and trips[0], 0)} | {fmt(trips and trips[1], 1)} "
             f"| {fmt(vad and vad[0], 0)} | {fmt(vad and vad[1], 1)} |"

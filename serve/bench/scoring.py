@@ -540,6 +540,16 @@ def histogram_delta(before: object, after: object) -> dict[int, int] | None:
     return {size: count for size, count in sorted(delta.items()) if count > 0}
 
 
+def histogram_items(histogram: dict[int, int] | None) -> tuple[int, float] | None:
+    """(items, mean items per group) of a histogram ``{size: groups}`` (batches of windows, trips of calls); None
+    when it is absent or empty."""
+    groups = sum((histogram or {}).values())
+    if not groups:
+        return None
+    items = sum(size * count for size, count in histogram.items())  # type: ignore[union-attr]
+    return items, items / groups
+
+
 def counter_delta(before: object, after: float) -> float:
     """Growth of a cumulative counter; ``after`` itself when it went down (a restart) or had no earlier reading."""
     if not isinstance(before, int | float) or before > after:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.bench import room
+from serve.bench import room, scoring
 from serve.bench.cpu import CpuSampler, RoleCpu, role_of
 from serve.bench.eval_set import EvalItem
 from serve.bench.load import StreamRecord, read_pcm16
@@ -258,12 +258,13 @@ def test_payload_counters_are_read_per_deployment_and_absent_ones_are_none():
 def test_shared_trips_and_vad_runs_are_reported_by_their_mean_size():
     before = {"ingress": {"shared_trips": {"1": 4, "3": 1}}, "buffer_manager": {"vad_batches": {"2": 1}}}
     after = {"ingress": {"shared_trips": {"1": 6, "3": 3, "4": 1}}, "buffer_manager": {"vad_batches": {"2": 4}}}
-    trips = room.kinds_delta(before, after, "shared_trips", "ingress")
-    assert trips == {"1": 2, "3": 2, "4": 1}
-    assert room.mean_size(trips) == (12, pytest.approx(2.4))  # 2 + 6 + 4 calls in 5 trips
-    assert room.mean_size({}) is None and room.mean_size(None) is None
-    phase = {"batched_calls": {"shared_trips": trips, "vad_batches": room.kinds_delta(
-        before, after, "vad_batches", "buffer_manager")}}
+    trips = room.sizes_delta(before, after, "ingress", "shared_trips")
+    assert trips == {1: 2, 3: 2, 4: 1}
+    assert scoring.histogram_items(trips) == (12, pytest.approx(2.4))  # 2 + 6 + 4 calls in 5 trips
+    assert scoring.histogram_items({}) is None and scoring.histogram_items(None) is None
+    assert room.sizes_delta(before, {"ingress": {}}, "ingress", "shared_trips") is None
+    phase = {"batched_calls": {"shared_trips": trips, "vad_batches": room.sizes_delta(
+        before, after, "buffer_manager", "vad_batches")}}
     assert room._batched_calls_table({"room": phase, "alone": {}})[-2:] == [
         "| room | 12 | 2.4 | 6 | 2.0 |", "| alone | n/a | n/a | n/a | n/a |",
     ]
