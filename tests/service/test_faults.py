@@ -195,14 +195,19 @@ def test_300_connect_stream_disconnect_cycles_leak_no_session_and_little_memory(
     asyncio.run(cycles(50, 0))  # warm-up: imports, first buffers, allocator pools
     wait_for(lambda: open_streams() == 0, 60, "the sessions of the warm-up to be freed")
     pids = serve_pids()
-    before = rss_mib(pids)
-    kinds = asyncio.run(cycles(300, 50))
+    # Two halves of 150 cycles, measured apart. A leak grows in both. A replica's allocator grows once, when
+    # it first meets a larger batch than before (Whisper's buffers for a batch of up to max_batch_size windows:
+    # CI saw a one-time 80 MiB step), then stays: that step lands in one half only.
+    rss = [rss_mib(pids)]
+    kinds = []
+    for start in (50, 200):
+        kinds += asyncio.run(cycles(150, start))
+        wait_for(lambda: open_streams() == 0, 60, "every session to be freed")
+        rss.append(rss_mib(pids))
     assert len(kinds) == 300 and len(set(kinds)) == 5
-    wait_for(lambda: open_streams() == 0, 60, "every session to be freed")
-    after = rss_mib(pids)
-    growth = {name: round(after[name] - before[name], 1) for name in pids}
-    print(f"RSS MiB before {before}\nRSS growth over 300 cycles {growth}")
-    assert all(g < 64 for g in growth.values()), growth
+    halves = {name: [round(b[name] - a[name], 1) for a, b in zip(rss, rss[1:])] for name in pids}
+    print(f"RSS MiB before {rss[0]}\nRSS growth in each half of 300 cycles {halves}")
+    assert all(min(grew) < 32 for grew in halves.values()), halves
     # The service still serves a normal stream afterwards.
     result = asyncio.run(stream_file(load_audio(by_id["ls-1089-134691-0000"].path), service.ws, speed=4.0))
     assert "wait no longer" in result.text.lower() and result.close_code == 1000
