@@ -144,7 +144,8 @@ def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
 
     # ray_actor_options written in serve.yaml would replace what args.placement sets.
     assert "ray_actor_options" not in deployments()["Whisper"]
-    assert serve_yaml()["applications"][0]["runtime_env"]["env_vars"] == HIDE_GPUS
+    # The application's runtime_env replaces the one the code gives each deployment: it must say the same.
+    assert serve_yaml()["applications"][0]["runtime_env"]["env_vars"] == REPLICA_ENV
     auto = PlacementOptions()
     assert whisper_actor_options(auto, 0)["num_gpus"] == 0  # a laptop: CPU
     assert whisper_actor_options(auto, 4)["num_gpus"] == 1  # one replica per GPU
