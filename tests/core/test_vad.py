@@ -57,3 +57,30 @@ def test_streams_scored_together_get_the_probabilities_they_get_alone(vad, manif
     for k, audio in enumerate(audios):
         np.testing.assert_allclose(np.concatenate(got[k]), alone[k], atol=1e-6, err_msg=clips[k].id)
         assert states[k].remainder.size == audio.size % FRAME
+
+
+def test_the_sequence_model_gives_the_streaming_models_probabilities(vad, manifest):
+    """SileroVad scores a call's frames in one call of the package's sequence export; the package's streaming export,
+    run frame by frame as its own iterator does (the previous frame's last 64 samples before each frame, the
+    recurrent state carried), is the reference: every frame's probability is the same, whatever the call sizes."""
+    from silero_vad import load_silero_vad
+
+    streaming = load_silero_vad(onnx=True).session
+    clips = [item for item in manifest if item.subset in ("short", "nonspeech")][::5][:6]
+    rng = np.random.default_rng(7)
+    for clip in clips:
+        audio = load_audio(clip.path)[: 16_000 * 8].astype(np.float32)
+        state, context, expected = np.zeros((2, 1, 128), np.float32), np.zeros((1, 64), np.float32), []
+        for i in range(audio.size // FRAME):
+            frame = audio[i * FRAME : (i + 1) * FRAME][None]
+            out, state = streaming.run(None, {"input": np.concatenate([context, frame], axis=1), "state": state,
+                                              "sr": np.array(16_000, np.int64)})
+            expected.append(out[0, 0])
+            context = frame[:, -64:]
+        scored, at, got = VadState(), 0, []
+        while at < audio.size:
+            n = int(rng.integers(0, 24_000))
+            got.append(vad.score(scored, audio[at : at + n]))
+            at += n
+        np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-6, err_msg=clip.id)
+        assert any(p > 0.5 for p in expected) or clip.subset == "nonspeech"
