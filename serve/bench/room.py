@@ -631,13 +631,13 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _batched_calls_table(phases: Mapping[str, dict[str, Any]]) -> list[str]:
-    """Calls that shared a trip to the BufferManager, and the VAD's batches (one replica's summary each)."""
+    """Calls that shared a trip to the BufferManager, and the VAD's hand-offs (one replica's summary each)."""
     lines = [
-        "", "## Calls sharing trips, audio sharing VAD runs", "",
+        "", "## Calls sharing trips, audio sharing VAD hand-offs", "",
         "Quiet streams' calls per trip to the BufferManager (the Ingress's `shared_trips`), and calls whose audio "
-        "the VAD scored together (the BufferManager's `vad_batches`), as the replica that answered /metrics/summary "
-        "counted them.", "",
-        "| phase | calls in shared trips | mean calls per trip | calls scored by the VAD | mean calls per VAD run |",
+        "went to the VAD's thread together (the BufferManager's `vad_batches`), as the replica that answered "
+        "/metrics/summary counted them.", "",
+        "| phase | calls in shared trips | mean calls per trip | calls scored by the VAD | mean calls per hand-off |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, p in phases.items():

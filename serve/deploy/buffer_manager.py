@@ -32,9 +32,9 @@ from serve.deploy.retry import answer_within, retry_dead_replica
 WHISPER_RETRY_S = 30.0
 """How long a decode waits for a dead Whisper replica to be replaced (it is retried once)."""
 VAD_BATCH = 64
-"""Calls whose new audio the VAD scores together."""
+"""Calls whose new audio goes to the VAD's worker thread in one hand-off."""
 VAD_WAIT_S = 0.005
-"""How long a call's audio waits for others to be scored with (Serve's batch wait)."""
+"""How long a call's audio waits for others to share that hand-off (Serve's batch wait)."""
 MAX_HELD_STREAMS = 4096
 """Streams whose pending audio one replica holds (at most ``max_buffer_s`` + a call's audio each, about 0.5 MB; a
 stream that has ended holds its pre-roll pad, about 10 KB). Past this, the least recently called stream's audio is
@@ -72,7 +72,7 @@ class BufferManager:
         self.held: OrderedDict[str, HeldAudio] = OrderedDict()
         """Streams' pending audio as their last call here left it (serve.core.held), least recently called first."""
         self.vad_batches: Counter[int] = Counter()
-        """VAD batches by size: the calls whose audio was scored together."""
+        """VAD hand-offs by size: the calls whose audio went to the VAD's thread together."""
         self.shed_here = {True: 0, False: 0}
         """Optional decodes this replica shed without sending them, by eagerness."""
 
@@ -144,13 +144,13 @@ class BufferManager:
 
     async def process_many(self, calls: list[tuple]) -> list[Processed | MissingAudio | Exception]:
         """Several streams' calls in one trip (``SharedCalls``): each answer, or the exception its call raised, in
-        order, so that one stream's failure is that stream's alone. Their VAD jobs are scored together."""
+        order, so that one stream's failure is that stream's alone. Their VAD jobs go to the VAD's thread together."""
         return await asyncio.gather(*(self.process(*call) for call in calls), return_exceptions=True)
 
     @serve.batch(max_batch_size=VAD_BATCH, batch_wait_timeout_s=VAD_WAIT_S)
     async def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
-        """The VAD on the new audio of the calls in flight, together: one model run per 32 ms frame step for all of
-        them (a few streams cost about what one does), in a thread so that calls keep arriving meanwhile."""
+        """The VAD on the new audio of the calls in flight, in one hand-off to a thread (so that calls keep arriving
+        meanwhile): one model call per call's audio (serve.core.vad.SileroVad)."""
         self.vad_batches[len(jobs)] += 1
         return await asyncio.to_thread(self.processor.vad.score_batch, [(job.state, job.samples) for job in jobs])
 
@@ -202,7 +202,7 @@ class SharedCalls:
     """The calls of an Ingress replica's quiet streams (``StreamState.quiet``), many in one trip to the
     BufferManager (``process_many``). A Ray Serve call costs about 4 ms of CPU between the two replicas whatever it
     carries, more than all the rest of a silent stream's call; a trip shared by k calls costs about 1/k of that per
-    call, and their audio is scored by the VAD together. Streams with speech pending keep calls of their own: their
+    call, and their audio goes to the VAD's thread together. Streams with speech pending keep calls of their own: their
     decodes take long, and a shared trip answers when its last call is done."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
