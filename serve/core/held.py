@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from serve.core.engine import MelFrames
 from serve.core.stream import StreamState
 
 NO_AUDIO = np.zeros(0, np.int16)
@@ -43,10 +44,12 @@ def rebuild(before: StreamState, pcm: np.ndarray, after: StreamState) -> StreamS
 
 @dataclass
 class HeldAudio:
-    """One stream's pending audio as its last answered call left it, on the replica that answered."""
+    """One stream's pending audio as its last answered call left it, on the replica that answered; and the frames of
+    the features of its live window's last decode, which the next decode of that window reuses."""
 
     start: int = 0
     audio: np.ndarray = field(default_factory=lambda: NO_AUDIO)
+    mel: MelFrames = field(default_factory=MelFrames)
 
     def fill(self, state: StreamState, received: int) -> bool:
         """Put the audio back into ``state`` (sent without it, from ``received`` samples); False when this is not
@@ -60,5 +63,8 @@ class HeldAudio:
         return True
 
     def keep(self, state: StreamState) -> None:
-        """Hold the audio of an answered call's state (the policy never writes into an array it was given)."""
+        """Hold the audio of an answered call's state (the policy never writes into an array it was given). A quiet
+        stream's window frames are let go: its next window starts elsewhere."""
         self.start, self.audio = state.audio_start, state.audio
+        if state.quiet:
+            self.mel = MelFrames()

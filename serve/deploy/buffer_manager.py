@@ -22,7 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, Features, ModelFacts, Shed
+from serve.core.engine import DecodeFailure, DecodeRequest, DecodeResult, Features, MelFrames, ModelFacts, Shed
 from serve.core.held import HeldAudio, rebuild, without_audio
 from serve.core.messages import Final, Partial
 from serve.core.stream import ScoreJob, StreamingOptions, StreamProcessor, StreamState, advance
@@ -36,9 +36,10 @@ VAD_BATCH = 64
 VAD_WAIT_S = 0.005
 """How long a call's audio waits for others to share that hand-off (Serve's batch wait)."""
 MAX_HELD_STREAMS = 4096
-"""Streams whose pending audio one replica holds (at most ``max_buffer_s`` + a call's audio each, about 0.5 MB; a
-stream that has ended holds its pre-roll pad, about 10 KB). Past this, the least recently called stream's audio is
-let go and its next call carries its audio again."""
+"""Streams whose pending audio one replica holds (at most ``max_buffer_s`` + a call's audio each, about 0.5 MB, and
+as much again in the live window's feature frames while the stream has speech pending; a stream that has ended holds
+its pre-roll pad, about 10 KB). Past this, the least recently called stream's audio is let go and its next call
+carries its audio again."""
 
 
 class DecodeError(RuntimeError):
@@ -137,7 +138,8 @@ class BufferManager:
                 self.shed_here[step.eager] += 1  # Whisper said it has no room for this kind yet: not even sent
                 step = advance(call, None)
             else:
-                step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager))
+                reuse = (held.mel, step.window.start) if held is not None else None
+                step = advance(call, await self.decode(step.request, optional=step.optional, eager=step.eager, reuse=reuse))
         if held is not None:
             held.keep(state)
         return Processed(without_audio(state), step)
@@ -163,15 +165,18 @@ class BufferManager:
             self._features = Features(facts)
         return self._features
 
-    async def decode(self, request: DecodeRequest, optional: bool, eager: bool = False) -> DecodeResult | None:
+    async def decode(
+        self, request: DecodeRequest, optional: bool, eager: bool = False, reuse: tuple[MelFrames, int] | None = None
+    ) -> DecodeResult | None:
         """One window through Whisper; a request lost with a dead replica is sent once more.
 
         None: an ``optional`` (partial) decode that Whisper refused because it is behind. The window's log-mel
         features are computed here, in a thread, and travel instead of its audio: Whisper's replica only stacks them
-        for the device, and this CPU work scales with the BufferManager replicas.
+        for the device, and this CPU work scales with the BufferManager replicas. ``reuse``: the stream's kept
+        frames and the window's start sample; only the frames its new audio could change are computed.
         """
         features = await self.features()
-        request = await asyncio.to_thread(features.request, request)
+        request = await asyncio.to_thread(features.request, request, *(reuse or ()))
         result = await retry_dead_replica(
             lambda: self.whisper.transcribe.remote(request, optional, eager),
             budget_s=WHISPER_RETRY_S, what="Whisper", max_attempts=2,

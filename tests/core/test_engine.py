@@ -87,6 +87,37 @@ def test_features_prepared_outside_the_engine_give_the_same_words(engine, manife
     assert isinstance(bad.results[1], ValueError) and not isinstance(bad.results[0], Exception)
 
 
+def test_features_of_a_growing_window_reuse_its_frames_and_are_the_same_bit_for_bit(engine, manifest):
+    """A live window keeps its start and grows between decodes: the BufferManager computes only the frames new
+    audio could change (MelFrames). Through growing windows, shorter ones at the same start (a pause window after an
+    eager one), a start moved by a commit and windows under a frame, the features equal a whole computation."""
+    from serve.core.audio import to_int16
+    from serve.core.engine import Features, MelFrames
+
+    features = Features(engine.facts)
+    long_item = max((item for item in manifest if item.subset == "long"), key=lambda item: item.duration_s)
+    audio = to_int16(load_audio(long_item.path)[: 16_000 * 60])
+    rng = np.random.default_rng(15)
+    reuse, start, end, reused = MelFrames(), 0, 8_000, 0
+    for _ in range(80):
+        roll = rng.random()
+        if roll < 0.1:
+            end = max(start + int(rng.integers(0, 400)), end - int(rng.integers(1, 16_000)))  # shorter, same start
+        elif roll < 0.2:
+            start = min(end, start + int(rng.integers(1, 5 * 16_000)))  # a commit moved the start
+        else:
+            end += int(rng.integers(1, 2 * 16_000))
+        end = min(max(end, start), audio.size)
+        window = audio[start:end]
+        reused += reuse.start == start and reuse.mel.shape[1] > 2
+        got = features.request(DecodeRequest(window), reuse, start)
+        if window.size < 160:
+            assert got.features is None
+            continue
+        assert np.array_equal(got.features, features(window)), (start, end)
+    assert reused >= 40, reused
+
+
 def test_words_do_not_depend_on_what_a_window_is_batched_with(engine, manifest):
     """Windows up to min_input_s share a short encoder input, longer ones get Whisper's 30 s: a batch holding
     both makes one call per shape, and each item comes out as it does alone."""
