@@ -40,8 +40,8 @@ def test_state_survives_a_pickle_between_chunks(vad, by_id):
 
 
 def test_streams_scored_together_get_the_probabilities_they_get_alone(vad, manifest):
-    """A BufferManager scores the new audio of concurrent calls in one model run per frame step: each stream, in
-    calls of any length and batched with any others, gets what it gets scored alone."""
+    """A BufferManager hands the new audio of concurrent calls to the VAD together (score_batch): each stream, in
+    calls of any length and handed with any others, gets what it gets scored alone."""
     clips = [item for item in manifest if item.subset in ("short", "nonspeech")][::7][:8]
     audios = [load_audio(item.path)[: 16_000 * 6] for item in clips]
     alone = [vad.score(VadState(), audio) for audio in audios]
