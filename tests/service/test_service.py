@@ -237,3 +237,30 @@ def test_finals_at_pauses_through_the_service(service, long_run, offline):
     agreement = len(long_run.result.finals)
     assert len(result.finals) < agreement / 2, (len(result.finals), agreement)
     check_errors(item.text, result.text, offline.transcribe(item.path), "at pauses, streamed vs offline")
+
+
+def test_a_trip_of_quiet_streams_larger_than_grpcs_default_message_size_is_served(service):
+    """Quiet streams' calls share trips to the BufferManager, and calls between the replicas go over gRPC, whose
+    default message size is 4 MiB. Sixteen streams that each send 30 s of low noise at once (960 kB a call, a
+    client that caught up after a stall) make trips of several MB: every stream still ends cleanly, without error."""
+    noise = np.random.default_rng(4).normal(0, 30, 16_000 * 30).astype("<i2").tobytes()
+    trips_before = service.summary()["ingress"]["shared_trips"]
+
+    async def collect(ws) -> tuple[list[dict], int | None]:  # type: ignore[no-untyped-def]
+        messages = [json.loads(m) async for m in ws]
+        return messages, ws.close_code
+
+    async def go() -> list[tuple[list[dict], int | None]]:
+        sockets = [await websockets.connect(f"{service.ws}?encoding=s16le", max_size=None) for _ in range(16)]
+        assert [json.loads(await ws.recv())["type"] for ws in sockets] == ["ready"] * len(sockets)
+        await asyncio.gather(*(ws.send(noise) for ws in sockets))
+        await asyncio.gather(*(ws.send(json.dumps({"type": "stop"})) for ws in sockets))
+        return await asyncio.wait_for(asyncio.gather(*(collect(ws) for ws in sockets)), 120)
+
+    outcomes = asyncio.run(go())
+    trips_after = service.summary()["ingress"]["shared_trips"]
+    grown = {int(size) for size, n in trips_after.items() if n > trips_before.get(size, 0)}
+    assert max(grown) * len(noise) > 4 * 2**20, trips_after  # at least one trip past 4 MiB
+    for messages, code in outcomes:
+        assert [m for m in messages if m["type"] == "error"] == [] and messages[-1]["type"] == "end", messages[-3:]
+        assert code == 1000
