@@ -219,7 +219,7 @@ class Features:
             mel = self._mel(audio, first)
             if first:
                 mel = np.concatenate([reuse.mel[:, :first], mel], axis=1)
-            reuse.start, reuse.mel = start, mel[:, :stable].copy()
+            reuse.start, reuse.mel = start, mel[:, :stable]  # a view: the array is this call's own
             log_spec = np.log10(np.clip(mel, a_min=1e-10, a_max=None))  # FeatureExtractor.__call__'s last steps
             log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
             features = ((log_spec + 4.0) / 4.0)[..., :-1]
