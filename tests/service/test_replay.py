@@ -159,7 +159,8 @@ def test_a_shared_trip_lost_with_its_replica_is_sent_again_call_by_call(service,
     of those calls fails, and each stream sends its own call again (to the new replica, with the audio it does not
     hold), ending exactly where it would have."""
     healthy(service)
-    # The long calls' trip takes about a second of VAD (8 streams x 60 s), so the kill finds it in flight.
+    # The long calls' trip takes about half a second of VAD (8 streams x 60 s at 1.2 ms a second of audio), so the
+    # kill finds it in flight.
     audio = [looped(load_audio(by_id[item].path), 61.0) for item in QUIET_ITEMS for _ in range(2)]
     driver = serve.run(QuietStreams.bind(), name="quiet-streams", route_prefix=None)
     try:
