@@ -185,10 +185,12 @@ class Features:
 
     PADDING = 160
     """Zeros faster-whisper's ``FeatureExtractor`` appends to the audio before its STFT (its ``padding``)."""
-    RECOMPUTED = 64
-    """Kept frames computed again with the new ones. The mel filter product is a BLAS matrix product, and a product
-    of a few columns can round a column differently from a wide one (measured here: in 72 of 300 tails computed
-    alone, one column 1 ulp off); with 16 or more columns before the new ones, none was in 300."""
+    BLOCK = 64
+    """Frames per mel filter product. The product is a BLAS matrix product, and BLAS rounds a column differently
+    depending on how many columns the product has (its kernels' blocking): on an AVX-512 machine, a window's frames
+    computed in one product and its last frames computed alone differed in almost every window. Every frame is
+    computed in its block of BLOCK frames counted from the window's first frame, so its value depends only on its
+    block's audio, whichever call computes it: kept frames are whole blocks, and a call computes from a block's start."""
 
     def __init__(self, facts: ModelFacts) -> None:
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -197,8 +199,9 @@ class Features:
         self.window = np.hanning(self.extractor.n_fft + 1)[:-1].astype(np.float32)
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        """float32 [n_mels, frames] of 16 kHz int16 or float32 ``audio`` (the last, partial frame dropped)."""
-        return self.extractor(to_float32(audio) if audio.dtype == np.int16 else audio)[..., :-1]
+        """float32 [n_mels, frames] of 16 kHz int16 or float32 ``audio`` (the last, partial frame dropped): faster-whisper's
+        ``FeatureExtractor`` log-mel, its filter product taken in blocks (BLOCK)."""
+        return self._log(self._mel(audio, 0))
 
     def request(self, request: DecodeRequest, reuse: MelFrames | None = None, start: int = 0) -> DecodeRequest:
         """``request`` carrying its window's features instead of its audio. With ``reuse`` (the frames kept from
@@ -213,29 +216,38 @@ class Features:
         else:
             hop, half = self.extractor.hop_length, self.extractor.n_fft // 2
             stable = max(0, (audio.size - half) // hop + 1)  # frames i that see no sample past the end: i*hop+half <= n
-            first = min(reuse.mel.shape[1] if reuse.start == start else 0, stable) - self.RECOMPUTED
-            if first * hop < half:
-                first = 0  # the frames that see the reflected start are computed with the rest
+            stable -= stable % self.BLOCK  # whole blocks of them
+            first = min(reuse.mel.shape[1] if reuse.start == start else 0, stable)  # both are whole blocks
             mel = self._mel(audio, first)
             if first:
                 mel = np.concatenate([reuse.mel[:, :first], mel], axis=1)
             reuse.start, reuse.mel = start, mel[:, :stable]  # a view: the array is this call's own
-            log_spec = np.log10(np.clip(mel, a_min=1e-10, a_max=None))  # FeatureExtractor.__call__'s last steps
-            log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-            features = ((log_spec + 4.0) / 4.0)[..., :-1]
+            features = self._log(mel)
         return replace(request, audio=np.zeros(0, np.int16), features=features)
 
     def _mel(self, audio: np.ndarray, first: int) -> np.ndarray:
         """Mel power of frames ``first``.. of ``audio``, the last one dropped, as ``FeatureExtractor`` computes them
-        (its STFT centres frame i at sample i * hop of the audio padded with PADDING zeros, reflected at both ends).
-        ``first`` is 0 or a frame that does not see the reflected start."""
+        (its STFT centres frame i at sample i * hop of the audio padded with PADDING zeros, reflected at both ends),
+        the filter product in blocks of BLOCK frames. ``first``: 0 or the start of a block (which does not see the
+        reflected start)."""
         extractor, hop, half = self.extractor, self.extractor.hop_length, self.extractor.n_fft // 2
+        assert first % self.BLOCK == 0 and first * hop >= half or first == 0
         samples = audio[first * hop - half if first else 0 :]
         samples = np.pad(to_float32(samples) if samples.dtype == np.int16 else samples.astype(np.float32), (0, self.PADDING))
         samples = np.pad(samples, (half if not first else 0, half), mode="reflect")
         stft = extractor.stft(samples, extractor.n_fft, hop, window=self.window, center=False, return_complex=True)
         magnitudes = np.abs(stft.astype(np.complex64)[..., :-1]) ** 2
-        return extractor.mel_filters @ magnitudes
+        mel = np.empty((extractor.mel_filters.shape[0], magnitudes.shape[1]), np.float32)
+        for a in range(0, magnitudes.shape[1], self.BLOCK):
+            mel[:, a : a + self.BLOCK] = extractor.mel_filters @ np.ascontiguousarray(magnitudes[:, a : a + self.BLOCK])
+        return mel
+
+    @staticmethod
+    def _log(mel: np.ndarray) -> np.ndarray:
+        """``FeatureExtractor.__call__``'s last steps: log, clamped to 8 below the peak, scaled; the last frame dropped."""
+        log_spec = np.log10(np.clip(mel, a_min=1e-10, a_max=None))
+        log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+        return ((log_spec + 4.0) / 4.0)[..., :-1]
 
 
 def _auto_device(device: str) -> str:
@@ -274,6 +286,8 @@ class BatchedWhisper:
             self.model_name, self.device, self.compute_type, self.multilingual, self.languages,
             tuple(sorted(self.model.feat_kwargs.items())),
         )
+        self.features = Features(self.facts)
+        """The features of a request that carries audio: the same computation as a caller's (``Features``)."""
         self._tokenizers: dict[tuple[str, str], object] = {}
         self._buffers = threading.local()
 
@@ -353,7 +367,7 @@ class BatchedWhisper:
         frames = audio.size // self.model.feature_extractor.hop_length
         features = None
         if frames:
-            features = self.model.feature_extractor(audio)[..., :-1]
+            features = self.features(audio)
         return _Prepared(index, request, language, frames, features)
 
     def _language(self, request: DecodeRequest) -> str | None:
