@@ -140,17 +140,18 @@ def test_one_node_holds_500_streams():
 
 def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
     from serve.core.settings import PlacementOptions
-    from serve.deploy.app import HIDE_GPUS, whisper_actor_options
+    from serve.deploy.app import HIDE_GPUS, REPLICA_ENV, whisper_actor_options
 
     # ray_actor_options written in serve.yaml would replace what args.placement sets.
     assert "ray_actor_options" not in deployments()["Whisper"]
-    assert serve_yaml()["applications"][0]["runtime_env"]["env_vars"] == HIDE_GPUS
+    # The application's runtime_env replaces the one the code gives each deployment: it must say the same.
+    assert serve_yaml()["applications"][0]["runtime_env"]["env_vars"] == REPLICA_ENV
     auto = PlacementOptions()
     assert whisper_actor_options(auto, 0)["num_gpus"] == 0  # a laptop: CPU
     assert whisper_actor_options(auto, 4)["num_gpus"] == 1  # one replica per GPU
     packed = whisper_actor_options(PlacementOptions(whisper_gpus=0.25, whisper_resources={"A100": 1}), 4)
     assert packed["num_gpus"] == 0.25 and packed["resources"] == {"A100": 1}
-    assert packed["runtime_env"]["env_vars"] == HIDE_GPUS
+    assert packed["runtime_env"]["env_vars"] == REPLICA_ENV and HIDE_GPUS.items() <= REPLICA_ENV.items()
 
 
 def test_kuberay_manifest_deploys_serve_yaml_verbatim_on_gpu_workers():

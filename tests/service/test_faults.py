@@ -17,6 +17,7 @@ from serve.bench.room import looped
 from serve.bench.scoring import pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio, to_int16
+from serve.deploy.app import REPLICA_ENV
 from tests.conftest import (
     actor_pid,
     check_errors,
@@ -67,12 +68,14 @@ def test_a_replica_killed_mid_stream_loses_no_committed_words(service, long_run,
 
 def test_whisper_down_through_the_buffer_managers_own_retry_does_not_end_the_stream(service, by_id):
     """The BufferManager sends a decode lost with Whisper once more; when Whisper dies again under that second try,
-    the failure reaches the Ingress as the BufferManager's task error wrapping the ActorDiedError. The Ingress sends
-    the whole call again (its state travels with it) and the stream goes on."""
+    the failure reaches the Ingress as a dead replica under the BufferManager's call (over Ray actor calls the
+    BufferManager's task error wrapping the ActorDiedError; over gRPC, the replicas' transport, ActorUnavailableError).
+    The Ingress sends the whole call again (its state travels with it) and the stream goes on."""
     item = by_id["dagon-par1"]  # 34 s of continuous speech
     audio = load_audio(item.path)
     killed: list[str] = []
-    retry_line = ": BufferManager: replica unavailable (RayTaskError"  # what the Ingress logs when it sends a call again
+    # What the Ingress logs when it sends a call again: only Whisper is killed here, so a failure from below.
+    retry_line = ": BufferManager: replica unavailable ("
     retries_before = len(ray_log_lines(retry_line))
 
     async def go():  # type: ignore[no-untyped-def]
@@ -88,7 +91,7 @@ def test_whisper_down_through_the_buffer_managers_own_retry_does_not_end_the_str
     assert not result.of_type("error")
     check_finals(result.finals, audio.size / 16_000)
     check_errors(item.text, result.text, OfflineTranscriber().transcribe(item.path), "Whisper killed twice vs offline")
-    # The second death did reach the Ingress, as the BufferManager's task error, and the Ingress sent the call again.
+    # The second death did reach the Ingress, through the BufferManager's call, and the Ingress sent the call again.
     retried = wait_for(
         lambda: ray_log_lines(retry_line)[retries_before:], 30, "the Ingress's retry of the call in its log"
     )
@@ -146,6 +149,17 @@ def serve_pids() -> dict[str, int]:
     proxies = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_PROXY_ACTOR")]
     pids["proxy"] = actor_pid(ray.get_actor(proxies[0]["name"], namespace=proxies[0]["namespace"]))
     return pids
+
+
+def test_every_replica_runs_with_the_env_the_app_gives_it(service):
+    """build_app's per-deployment env reaches each replica: GPUs it did not reserve hidden, calls to the next
+    deployment over gRPC (a setting lost on the way fails nothing else, it only costs CPU). serve.yaml's runtime_env,
+    which replaces it under `serve run`/`serve deploy`, says the same (tests/core/test_config.py)."""
+    for name, pid in serve_pids().items():
+        if name == "proxy":
+            continue  # Serve's own actor: not the application's
+        env = psutil.Process(pid).environ()
+        assert REPLICA_ENV.items() <= env.items(), (name, {k: env.get(k) for k in REPLICA_ENV})
 
 
 async def cycle(url: str, i: int, pcm: bytes) -> str:

@@ -23,6 +23,7 @@ from ray import serve
 from serve.bench.room import looped
 from serve.core.audio import load_audio, to_int16
 from serve.core.stream import StreamState
+from serve.deploy.app import actor_options
 from serve.deploy.buffer_manager import SharedCalls, StreamCalls
 from tests.conftest import Service, check_finals, kill_when_busy, wait_for
 
@@ -130,7 +131,9 @@ QUIET_ITEMS = ("noise-white-10s", "noise-pink-15s", "noise-brown-15s", "hum-50hz
 """Non-speech the VAD hears as no speech: their calls decode nothing (no model noise in the comparison)."""
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# Replica options as the application's own replicas have them: the driver's call carries 8 x 61 s of audio
+# (31 MB), more than a replica's gRPC server takes by default.
+@serve.deployment(ray_actor_options=actor_options(num_cpus=0))
 class QuietStreams:
     """Quiet streams calling the BufferManager as an Ingress replica's do, their calls sharing trips (``SharedCalls``
     is a ``@serve.batch``: it runs in a replica)."""
