@@ -80,13 +80,25 @@ class EngineOptions(BaseModel):
     )
 
 
+HISTORY_TOKENS = (0, 8, 16, 32, 64)
+"""How many tokens of a window's previous text (``DecodeRequest.prompt``) the decoder is fed: the most of these that
+the text has, its last ones. CTranslate2 decodes a batch in one call only when the start-of-transcript token sits at
+one position in every item, i.e. when their prompts are equally long; each stream's committed text differs, so
+feeding all of it would make every window a call of its own. With a few lengths, a stream that has spoken for a while
+(the default 400 characters of committed text are about 90 tokens) feeds 64, as every other such stream does, and a
+window's prompt depends on its own stream alone, never on what it is batched with. Offline transcription feeds up to
+223 tokens; 64 is about 45 words of context."""
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
     """One audio window of one stream; ``audio`` is 16 kHz int16 or float32."""
 
     audio: np.ndarray
     prompt: str = ""
-    """Text said before this window (Whisper's previous-text prompt)."""
+    """Text said before this window (Whisper's previous-text prompt): its last HISTORY_TOKENS[k] tokens are fed."""
+    vocabulary: str = ""
+    """Names and jargon to expect: they head the previous-text prompt, whole."""
     prefix: str = ""
     """Text already committed for the start of this window: the decoder is made to begin with
     it, and only the words after it come back."""
@@ -169,15 +181,15 @@ class ModelFacts:
 
 @dataclass
 class MelFrames:
-    """A live window's mel power frames that more audio after the window cannot change, kept for its next decode.
+    """A live window's power spectrum frames that more audio after the window cannot change, kept for its next decode.
 
     Between two decodes a live window keeps its start and grows at its end, so most of its features were computed
-    before: ``Features.request`` computes only the frames from the first one that the new audio could change."""
+    before: ``Features.request`` computes the STFT only from the first frame that the new audio could change."""
 
     start: int = -1
     """Absolute sample where the window these frames belong to starts (-1: none)."""
-    mel: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    """[n_mels, frames] before the log."""
+    power: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    """[n_fft // 2 + 1, frames]: the STFT's squared magnitudes, before the mel filters."""
 
 
 class Features:
@@ -185,12 +197,6 @@ class Features:
 
     PADDING = 160
     """Zeros faster-whisper's ``FeatureExtractor`` appends to the audio before its STFT (its ``padding``)."""
-    BLOCK = 64
-    """Frames per mel filter product. The product is a BLAS matrix product, and BLAS rounds a column differently
-    depending on how many columns the product has (its kernels' blocking): on an AVX-512 machine, a window's frames
-    computed in one product and its last frames computed alone differed in almost every window. Every frame is
-    computed in its block of BLOCK frames counted from the window's first frame, so its value depends only on its
-    block's audio, whichever call computes it: kept frames are whole blocks, and a call computes from a block's start."""
 
     def __init__(self, facts: ModelFacts) -> None:
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -199,15 +205,17 @@ class Features:
         self.window = np.hanning(self.extractor.n_fft + 1)[:-1].astype(np.float32)
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        """float32 [n_mels, frames] of 16 kHz int16 or float32 ``audio`` (the last, partial frame dropped): faster-whisper's
-        ``FeatureExtractor`` log-mel, its filter product taken in blocks (BLOCK)."""
-        return self._log(self._mel(audio, 0))
+        """float32 [n_mels, frames] of 16 kHz int16 or float32 ``audio`` (the last, partial frame dropped)."""
+        return self.extractor(to_float32(audio) if audio.dtype == np.int16 else audio)[..., :-1]
 
     def request(self, request: DecodeRequest, reuse: MelFrames | None = None, start: int = 0) -> DecodeRequest:
         """``request`` carrying its window's features instead of its audio. With ``reuse`` (the frames kept from
-        the last decode of a window of this stream; ``start``: the absolute sample where this window starts), only
-        the frames that audio after the last window could change are computed, and ``reuse`` keeps this window's;
-        the features are the same, bit for bit (tests/core/test_engine.py)."""
+        the last decode of a window of this stream; ``start``: the absolute sample where this window starts), the
+        STFT is computed only for the frames that audio after the last window could change, and ``reuse`` keeps
+        this window's. The mel filter product is always taken over the whole window, in one product as faster-whisper
+        takes it: BLAS rounds a column differently depending on how many columns a product has (on an AVX-512
+        machine, in almost every window), and Whisper can drop a word over such a difference. The features are the
+        same bit for bit (tests/core/test_engine.py)."""
         audio = request.audio
         if audio.size < self.extractor.hop_length:
             return request  # no frame: the engine answers it as empty
@@ -216,38 +224,28 @@ class Features:
         else:
             hop, half = self.extractor.hop_length, self.extractor.n_fft // 2
             stable = max(0, (audio.size - half) // hop + 1)  # frames i that see no sample past the end: i*hop+half <= n
-            stable -= stable % self.BLOCK  # whole blocks of them
-            first = min(reuse.mel.shape[1] if reuse.start == start else 0, stable)  # both are whole blocks
-            mel = self._mel(audio, first)
+            first = min(reuse.power.shape[1] if reuse.start == start else 0, stable)
+            if first * hop < half:
+                first = 0  # the frames that see the reflected start are computed with the rest
+            power = self._power(audio, first)
             if first:
-                mel = np.concatenate([reuse.mel[:, :first], mel], axis=1)
-            reuse.start, reuse.mel = start, mel[:, :stable]  # a view: the array is this call's own
-            features = self._log(mel)
+                power = np.concatenate([reuse.power[:, :first], power], axis=1)
+            reuse.start, reuse.power = start, power[:, :stable]  # a view: the array is this call's own
+            log_spec = np.log10(np.clip(self.extractor.mel_filters @ power, a_min=1e-10, a_max=None))
+            log_spec = np.maximum(log_spec, log_spec.max() - 8.0)  # FeatureExtractor.__call__'s last steps
+            features = ((log_spec + 4.0) / 4.0)[..., :-1]
         return replace(request, audio=np.zeros(0, np.int16), features=features)
 
-    def _mel(self, audio: np.ndarray, first: int) -> np.ndarray:
-        """Mel power of frames ``first``.. of ``audio``, the last one dropped, as ``FeatureExtractor`` computes them
-        (its STFT centres frame i at sample i * hop of the audio padded with PADDING zeros, reflected at both ends),
-        the filter product in blocks of BLOCK frames. ``first``: 0 or the start of a block (which does not see the
-        reflected start)."""
+    def _power(self, audio: np.ndarray, first: int) -> np.ndarray:
+        """The STFT's squared magnitudes of frames ``first``.. of ``audio``, the last one dropped, as
+        ``FeatureExtractor`` computes them (its STFT centres frame i at sample i * hop of the audio padded with
+        PADDING zeros, reflected at both ends). ``first`` is 0 or a frame that does not see the reflected start."""
         extractor, hop, half = self.extractor, self.extractor.hop_length, self.extractor.n_fft // 2
-        assert first % self.BLOCK == 0 and first * hop >= half or first == 0
         samples = audio[first * hop - half if first else 0 :]
         samples = np.pad(to_float32(samples) if samples.dtype == np.int16 else samples.astype(np.float32), (0, self.PADDING))
         samples = np.pad(samples, (half if not first else 0, half), mode="reflect")
         stft = extractor.stft(samples, extractor.n_fft, hop, window=self.window, center=False, return_complex=True)
-        magnitudes = np.abs(stft.astype(np.complex64)[..., :-1]) ** 2
-        mel = np.empty((extractor.mel_filters.shape[0], magnitudes.shape[1]), np.float32)
-        for a in range(0, magnitudes.shape[1], self.BLOCK):
-            mel[:, a : a + self.BLOCK] = extractor.mel_filters @ np.ascontiguousarray(magnitudes[:, a : a + self.BLOCK])
-        return mel
-
-    @staticmethod
-    def _log(mel: np.ndarray) -> np.ndarray:
-        """``FeatureExtractor.__call__``'s last steps: log, clamped to 8 below the peak, scaled; the last frame dropped."""
-        log_spec = np.log10(np.clip(mel, a_min=1e-10, a_max=None))
-        log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-        return ((log_spec + 4.0) / 4.0)[..., :-1]
+        return np.abs(stft.astype(np.complex64)[..., :-1]) ** 2
 
 
 def _auto_device(device: str) -> str:
@@ -286,8 +284,6 @@ class BatchedWhisper:
             self.model_name, self.device, self.compute_type, self.multilingual, self.languages,
             tuple(sorted(self.model.feat_kwargs.items())),
         )
-        self.features = Features(self.facts)
-        """The features of a request that carries audio: the same computation as a caller's (``Features``)."""
         self._tokenizers: dict[tuple[str, str], object] = {}
         self._buffers = threading.local()
 
@@ -367,7 +363,7 @@ class BatchedWhisper:
         frames = audio.size // self.model.feature_extractor.hop_length
         features = None
         if frames:
-            features = self.features(audio)
+            features = self.model.feature_extractor(audio)[..., :-1]
         return _Prepared(index, request, language, frames, features)
 
     def _language(self, request: DecodeRequest) -> str | None:
@@ -414,16 +410,22 @@ class BatchedWhisper:
         return buffer[:size]
 
     def _decode(self, items: list[_Prepared]) -> tuple[list[DecodeResult], int]:
-        """Decode ``items`` in one engine call per input shape; returns the results and the number of calls."""
+        """Decode ``items``: one encode per input shape, one generate per input shape and prompt length; returns the
+        results and the number of generate calls."""
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(self._input_frames(item), []).append(i)
         results: dict[int, DecodeResult] = {}
+        calls = 0
         for members in groups.values():
-            results.update(zip(members, self._decode_shape([items[i] for i in members])))
-        return [results[i] for i in range(len(items))], len(groups)
+            decoded, generated = self._decode_shape([items[i] for i in members])
+            results.update(zip(members, decoded))
+            calls += generated
+        return [results[i] for i in range(len(items))], calls
 
-    def _decode_shape(self, items: list[_Prepared]) -> list[DecodeResult]:
+    def _decode_shape(self, items: list[_Prepared]) -> tuple[list[DecodeResult], int]:
+        """Items of one input shape: one encode, then one generate per prompt length (HISTORY_TOKENS), each on its
+        items' rows of the encoder output. Returns the results and the number of generate calls."""
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         features = self._stack(items)
@@ -437,22 +439,28 @@ class BatchedWhisper:
                 items[i].language = token[2:-2]  # "<|de|>" -> "de"
         tokenizers = [self._tokenizer(item.language or "en", item.request.task) for item in items]
         prompts, prefix_lengths = [], []
-        for item, tokenizer in zip(items, tokenizers):
-            previous = tokenizer.encode(" " + item.request.prompt.strip()) if item.request.prompt.strip() else []
+        by_length: dict[int, list[int]] = {}
+        for i, (item, tokenizer) in enumerate(zip(items, tokenizers)):
             prefix = item.request.prefix.strip() or None
-            prompt = self.model.get_prompt(tokenizer, previous, without_timestamps=True, prefix=prefix)
+            prompt = self.model.get_prompt(tokenizer, self._previous(item, tokenizer), without_timestamps=True, prefix=prefix)
             prompts.append(prompt)
             prefix_lengths.append(len(prompt) - prompt.index(tokenizer.no_timestamps) - 1)
-        generated = self.model.model.generate(
-            encoded,
-            prompts,
-            beam_size=self.options.beam_size,
-            max_length=self.model.max_length,
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
-        )
+            # CTranslate2 wants the start-of-transcript token at one position in every item of a generate call.
+            by_length.setdefault(prompt.index(tokenizer.sot), []).append(i)
+        generated: list = [None] * len(items)
+        for members in by_length.values():
+            outs = self.model.model.generate(
+                _rows(encoded, members),
+                [prompts[i] for i in members],
+                beam_size=self.options.beam_size,
+                max_length=self.model.max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+            )
+            for i, out in zip(members, outs):
+                generated[i] = out
         tokens = []
         results = []
         for item, tokenizer, out, n_prefix in zip(items, tokenizers, generated, prefix_lengths):
@@ -471,7 +479,17 @@ class BatchedWhisper:
             tokens.append([] if result.dropped or len(ids) <= n_prefix else ids)
             results.append(result)
         self._align(items, tokenizers, encoded, tokens, prefix_lengths, results)
-        return results
+        return results, len(by_length)
+
+    @staticmethod
+    def _previous(item: _Prepared, tokenizer) -> list[int]:  # type: ignore[no-untyped-def]
+        """The previous-text tokens of ``item``: its vocabulary's, then the last HISTORY_TOKENS[k] of its prompt's
+        (the most of those lengths it has); faster-whisper's ``get_prompt`` keeps the last 223 of them."""
+        vocabulary, history = item.request.vocabulary.strip(), item.request.prompt.strip()
+        head = tokenizer.encode(" " + vocabulary) if vocabulary else []
+        told = tokenizer.encode(" " + history) if history else []
+        keep = max(n for n in HISTORY_TOKENS if n <= len(told))
+        return head + told[len(told) - keep :] if keep else head
 
     def _no_speech(self, no_speech_prob: float, avg_logprob: float) -> bool:
         """Whisper's rule (likely no speech, and not decoded confidently), and a stricter one for windows the model

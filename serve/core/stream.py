@@ -380,7 +380,8 @@ class StreamProcessor:
     def request(self, state: StreamState, window: Window) -> DecodeRequest:
         return DecodeRequest(
             state.window_audio(window),
-            prompt=f"{state.vocabulary} {state.prompt}".strip() if state.vocabulary else state.prompt,
+            prompt=state.prompt,
+            vocabulary=state.vocabulary,
             prefix=join_words(state.committed),
             language=state.language,
             task=state.task,

@@ -100,10 +100,12 @@ def test_v1_prompt_parameter_seeds_the_decoders_prompt(processor):
     assert session.state.vocabulary == "Hester Prynne"
     session.state.audio = np.zeros(SECOND, np.int16)
     window = Window(WindowKind.PARTIAL, 0, SECOND)
-    assert processor.request(session.state, window).prompt == "Hester Prynne"
+    request = processor.request(session.state, window)
+    assert (request.vocabulary, request.prompt) == ("Hester Prynne", "")
     session.state.prompt = " the letter was scarlet."
-    assert processor.request(session.state, window).prompt == "Hester Prynne  the letter was scarlet."
-    assert processor.request(StreamState(), window).prompt == ""
+    request = processor.request(session.state, window)
+    assert (request.vocabulary, request.prompt) == ("Hester Prynne", " the letter was scarlet.")  # it heads the prompt
+    assert (processor.request(StreamState(), window).vocabulary, processor.request(StreamState(), window).prompt) == ("", "")
     refused = caught(lambda: StreamParams.from_query({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, default_language="en", multilingual=False))
     assert refused.code == "bad_message" and refused.close_code == 1008 and "prompt" in refused.message
 

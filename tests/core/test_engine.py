@@ -63,6 +63,31 @@ def test_one_batched_call_gives_the_words_of_eight_single_calls(engine, manifest
     assert len({tuple(_words(b)) for b in batched}) == 8  # no item got another's text
 
 
+def test_streams_whose_prompts_differ_in_length_share_the_engine_calls(engine, manifest):
+    """Each stream feeds its own committed text back as Whisper's prompt, so the prompts of a batch's windows differ in
+    length, and CTranslate2 generates for a batch only when its start-of-transcript token sits at one position in every
+    item. Eight windows whose histories are 330 to 400 characters long (streams that have spoken for a while: the
+    default ``prompt_chars`` is 400), two of them also with one vocabulary: one encode, one generate for the six and
+    one for the two, and each item's words are its own single call's."""
+    clips = [item for item in manifest if item.subset == "short"][:8]
+    told = " ".join(item.text for item in manifest if item.subset == "short")
+    assert len(told) > 800
+    requests = [
+        DecodeRequest(
+            load_audio(item.path), prompt=told[i * 40 : i * 40 + 330 + 10 * i],
+            vocabulary="Hester Prynne, Pearl" if i in (2, 5) else "",
+        )
+        for i, item in enumerate(clips)
+    ]
+    singles = [engine.transcribe(r) for r in requests]
+    with counting(engine) as calls:
+        batch = engine.transcribe_batch(requests)
+    assert calls == {"encode": 1, "generate": 2, "align": 1}, calls
+    for single, batched in zip(singles, batch.results):
+        assert not isinstance(batched, Exception)
+        assert _words(batched) == _words(single) and len(_words(single)) >= 3
+
+
 def test_features_prepared_outside_the_engine_give_the_same_words(engine, manifest):
     """What the BufferManager does: the windows' log-mel features computed from the model's facts alone (no model
     loaded) and sent instead of the audio; a batch of 8 different clips gives the same words, times and
@@ -109,7 +134,7 @@ def test_features_of_a_growing_window_reuse_its_frames_and_are_the_same_bit_for_
             end += int(rng.integers(1, 2 * 16_000))
         end = min(max(end, start), audio.size)
         window = audio[start:end]
-        reused += reuse.start == start and reuse.mel.shape[1] > 2
+        reused += reuse.start == start and reuse.power.shape[1] > 2
         got = features.request(DecodeRequest(window), reuse, start)
         if window.size < 160:
             assert got.features is None

@@ -26,7 +26,7 @@ def test_light_calls_give_the_messages_and_audio_of_whole_calls(processor, engin
     def decode(job):  # type: ignore[no-untyped-def]
         """As the BufferManager decodes: features prepared with the frames kept from the window's last decode."""
         nonlocal reused
-        reused += held.mel.start == job.window.start and held.mel.mel.shape[1] >= Features.BLOCK
+        reused += held.mel.start == job.window.start and held.mel.power.shape[1] > 2
         return engine.transcribe(features.request(job.request, held.mel, job.window.start))
     whole_messages, light_messages, bytes_whole, bytes_light = [], [], 0, 0
     for i in range(0, pcm.size, 16_000):
