@@ -9,15 +9,52 @@ answer "are we keeping up?".
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.serve.metrics import Counter, Gauge, Histogram
+from ray.serve import metrics as serve_metrics
+from ray.serve.metrics import Gauge, Histogram
 
 LAG_BOUNDARIES_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0]
 DECODE_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+FLUSH_S = 1.0
+"""How often a counter's increments summed in the replica are recorded (``Counter``)."""
+
+
+class Counter(serve_metrics.Counter):
+    """A Ray Serve counter whose increments are summed in the replica, per tag set, and recorded at most once every
+    FLUSH_S. Ray records each increment through its metrics machinery (tags merged and checked, a call into its core
+    worker): counting each message and each call that way took about a tenth of the Ingress's CPU on silent streams.
+    Prometheus scrapes every few seconds; a total shows at most FLUSH_S later, and a replica that stops loses at most
+    its last FLUSH_S of counts. Outside an event loop an increment is recorded at once."""
+
+    def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None) -> None:
+        super().__init__(name, description=description, tag_keys=tag_keys)
+        self._pending: dict[tuple[tuple[str, str], ...], float] = {}
+        self._flush: asyncio.TimerHandle | None = None
+
+    def inc(self, value: int | float = 1.0, tags: dict[str, str] | None = None) -> None:
+        if value <= 0:  # Ray refuses them; nothing to count
+            return
+        key = tuple(sorted(tags.items())) if tags else ()
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if self._flush is None:
+            try:
+                self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+            except RuntimeError:  # no event loop in this thread
+                self.flush()
+
+    def flush(self) -> None:
+        """Record the increments summed so far."""
+        self._flush = None
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            super().inc(value, tags=dict(key))
 
 
 def payload_bytes(value: Any) -> int:
