@@ -150,7 +150,8 @@ class BatchStats:
     """Items decoded (empty windows and items that failed to prepare are not)."""
     seconds: float = 0.0
     engine_calls: int = 0
-    """Batched engine calls made: one per input shape, more only when a batch failed and was decoded item by item."""
+    """Batched generate calls made: one per input shape and prompt length (HISTORY_TOKENS), more only when a batch
+    failed and was decoded item by item."""
     engine_seconds: float = 0.0
     """Of ``seconds``, the time inside CTranslate2's calls (encode, language detection, generate, align): the
     device's work. The rest is the replica's host work per batch (checks, stacking, prompts, words)."""

@@ -29,7 +29,8 @@ FLUSH_S = 1.0
 class Counter(serve_metrics.Counter):
     """A Ray Serve counter whose increments are summed in the replica, per tag set, and recorded at most once every
     FLUSH_S. Ray records each increment through its metrics machinery (tags merged and checked, a call into its core
-    worker): counting each message and each call that way took about a tenth of the Ingress's CPU on silent streams.
+    worker): a profile of the Ingress on silent streams had put counting each message and each call at about a tenth
+    of its CPU (the room benchmark on a saturated machine could not see the difference through its noise).
     Prometheus scrapes every few seconds; a total shows at most FLUSH_S later, and a replica that stops loses at most
     its last FLUSH_S of counts. Outside an event loop an increment is recorded at once."""
 
