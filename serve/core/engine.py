@@ -449,6 +449,7 @@ class BatchedWhisper:
             # CTranslate2 wants the start-of-transcript token at one position in every item of a generate call.
             by_length.setdefault(prompt.index(tokenizer.sot), []).append(i)
         generated: list = [None] * len(items)
+        suppressed = get_suppressed_tokens(tokenizers[0], [-1])
         for members in by_length.values():
             outs = self.model.model.generate(
                 _rows(encoded, members),
@@ -458,7 +459,7 @@ class BatchedWhisper:
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_blank=True,
-                suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+                suppress_tokens=suppressed,
             )
             for i, out in zip(members, outs):
                 generated[i] = out

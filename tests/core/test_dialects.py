@@ -105,7 +105,8 @@ def test_v1_prompt_parameter_seeds_the_decoders_prompt(processor):
     session.state.prompt = " the letter was scarlet."
     request = processor.request(session.state, window)
     assert (request.vocabulary, request.prompt) == ("Hester Prynne", " the letter was scarlet.")  # it heads the prompt
-    assert (processor.request(StreamState(), window).vocabulary, processor.request(StreamState(), window).prompt) == ("", "")
+    request = processor.request(StreamState(), window)
+    assert (request.vocabulary, request.prompt) == ("", "")
     refused = caught(lambda: StreamParams.from_query({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, default_language="en", multilingual=False))
     assert refused.code == "bad_message" and refused.close_code == 1008 and "prompt" in refused.message
 
