@@ -95,6 +95,13 @@ class StreamingOptions(BaseModel):
     context_gap_s: float = Field(
         2.0, ge=0.0, le=10.0, description="Silence after which that context is dropped instead of decoded again."
     )
+    agree_window_s: float = Field(
+        3.0, ge=0.0, le=10.0,
+        description="Words are committed on agreement only when the older of the two agreeing windows holds at least "
+        "this much audio: on the first seconds of an utterance heard without context, tiny.en's words change as it "
+        "hears more ('and mister' heard as 'mister', 'but though on the whole' as 'but they'll want the hole'), "
+        "and two short decodes can agree on them. Partials show them meanwhile; a pause commits them as before.",
+    )
     prompt_chars: int = Field(
         400, ge=0, le=800,
         description="Committed text fed back to Whisper as its prompt (offline transcribe feeds up to 223 tokens).",
@@ -418,6 +425,8 @@ class StreamProcessor:
         agreed = _common_prefix(state.hypothesis, words) if self.options.commit_on_agreement else 0
         # Both decodes must have heard the whole word: it ends well before the older window's end.
         edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
+        if (min(window.end, state.decoded_until) - window.start) / SAMPLE_RATE < self.options.agree_window_s:
+            agreed = 0
         while agreed and (words[agreed - 1].end > edge or _glued(words, agreed)):
             agreed -= 1
         paused = window.kind is WindowKind.PAUSE and self._pause_ends_long_utterance(state, window, words)
@@ -509,8 +518,9 @@ class StreamProcessor:
         keep_from = end / SAMPLE_RATE - self.options.context_s
         previous_end = state.audio_start / SAMPLE_RATE
         for w in state.committed:
-            if w.start >= keep_from and self.options.context_s > 0:
-                return int(previous_end * SAMPLE_RATE)  # at the word boundary before it
+            # At a word boundary before it, never inside a word Whisper wrote in two tokens (" 1" + ",000,").
+            if w.start >= keep_from and self.options.context_s > 0 and w.word.startswith(" "):
+                return int(previous_end * SAMPLE_RATE)
             previous_end = w.end
         return end
 

@@ -280,6 +280,54 @@ def test_a_word_is_not_committed_apart_from_its_glued_continuation(processor):
     assert [w.word for w in state.hypothesis] == [" i", ".e.", " the"]
 
 
+def test_the_context_is_not_cut_between_a_word_and_its_glued_continuation(processor):
+    """Whisper writes "1,000, 101." as " 1" + ",000," + " 101.": a context cut between " 1" and ",000," left the
+    prompt ending " 1" and the next window's forced prefix starting ",000,"; the cut moves to the next word that
+    starts one."""
+    from serve.core.words import Word
+
+    state = StreamState(language="en", audio=np.zeros(16_000 * 7, np.int16))
+    state.committed = [Word(" 1", 0.0, 1.24, 0.9), Word(",000,", 1.24, 1.98, 0.9), Word(" 101.", 2.82, 2.82, 0.9)]
+    state.last_final_end = 2.82
+    cut = processor._context_cut(state, 16_000 * 6)  # keeps the words of the last context_s (5 s): from 1.0 s
+    processor._trim(state, cut)
+    assert [w.word for w in state.committed] == [" 101."]
+    assert state.prompt == " 1,000,"
+
+
+def test_words_heard_without_context_commit_only_from_windows_of_agree_window_s(vad, engine, by_id):
+    """The start of an utterance with no context before it: two short decodes can agree on words tiny.en will
+    hear differently with more audio ("but though on the whole" as "but they'll want the hole"). Agreement
+    commits only when the older window holds agree_window_s; with 0 the same stream commits from shorter ones."""
+    from serve.core.stream import StreamingOptions, StreamProcessor, WindowKind
+
+    pcm = pcm16(by_id["ljspeech-LJ001-0029"].path)
+
+    def shortest_agreeing_window(options):  # type: ignore[no-untyped-def]
+        processor, state, shortest = StreamProcessor(options, vad=vad), StreamState(language="en"), []
+        windows = []
+
+        def decode(job):  # type: ignore[no-untyped-def]
+            windows.append(job.window)
+            return engine.transcribe(job.request)
+
+        for i in range(0, pcm.size, 16_000):
+            before = len(windows)
+            messages = drive(processor.steps(state, pcm[i : i + 16_000]), decode)
+            live = [w for w in windows[before:] if w.kind in (WindowKind.PARTIAL, WindowKind.EAGER)]
+            if finals(messages) and live and len(windows) > len(live):
+                older = windows[len(windows) - len(live) - 1]
+                shortest.append(min(older.end, live[-1].end) / 16_000 - older.start / 16_000)
+        return min(shortest, default=None)
+
+    options = StreamingOptions()
+    assert options.agree_window_s >= 2.0
+    committed_from = shortest_agreeing_window(options)
+    assert committed_from is not None and committed_from >= options.agree_window_s
+    sooner = shortest_agreeing_window(options.model_copy(update={"agree_window_s": 0.0}))
+    assert sooner is not None and sooner < options.agree_window_s
+
+
 def repeats(messages, n: int = 5, within_s: float = 60.0):  # type: ignore[no-untyped-def]
     """Finals that repeat ``n`` or more consecutive words of the finals of the ``within_s`` before them."""
     found, earlier = [], []
