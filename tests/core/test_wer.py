@@ -2,13 +2,12 @@
 
 import os
 import random
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from serve.bench.offline import OfflineTranscriber
+from serve.bench.policy import EnginePool, chunked_finals
 from serve.bench.scoring import normalize_text, pooled_wer
 from serve.core.messages import Final
 from serve.core.stream import StreamState
@@ -20,22 +19,19 @@ def stream_finals(processor, engine, path, seed: int | None = None) -> list[Fina
     in calls of random length (1-6 s) as the Ingress makes them under load, the last one bringing the rest and
     the client's stop together."""
     pcm = pcm16(path)
-    state, messages = StreamState(), []
-    if seed is not None:  # the speaker stops, the microphone runs on a moment before the client's stop
-        pcm = np.concatenate([pcm, np.zeros(24_000, np.int16)])
     if seed is None:
-        for i in range(0, pcm.size, 16_000):
-            messages += processor.process(state, pcm[i : i + 16_000], engine.transcribe)
-        messages += processor.close(state, engine.transcribe)
-    else:
-        rng, i = random.Random(f"{seed}:{path.name}"), 0
-        while True:
-            size = rng.randint(16_000, 6 * 16_000)
-            last = i + size >= pcm.size
-            messages += processor.run(state, pcm[i : i + size], engine.transcribe, finalize=last)
-            if last:
-                break
-            i += size
+        return [final for final, _ in chunked_finals(processor, engine, pcm)]
+    # The speaker stops, the microphone runs on a moment before the client's stop.
+    pcm = np.concatenate([pcm, np.zeros(24_000, np.int16)])
+    state, messages = StreamState(), []
+    rng, i = random.Random(f"{seed}:{path.name}"), 0
+    while True:
+        size = rng.randint(16_000, 6 * 16_000)
+        last = i + size >= pcm.size
+        messages += processor.run(state, pcm[i : i + size], engine.transcribe, finalize=last)
+        if last:
+            break
+        i += size
     return [m for m in messages if isinstance(m, Final)]
 
 
@@ -45,29 +41,15 @@ def stream_text(processor, engine, path) -> str:
 
 @pytest.fixture(scope="module")
 def stream_texts(vad):
-    """Streams files in parallel, one single-threaded engine per core: 1.5x the throughput of one
-    two-threaded engine on two cores (a CPU gains nothing from batching, see the README). The defaults, eager
+    """Streams files in parallel, one single-threaded engine per core (``EnginePool``). The defaults, eager
     decodes included: in-process the decoder is always idle, so the live window is decoded at every chunk and
     agreement compares decodes a second apart, the soonest commits the service makes."""
-    from serve.core.engine import BatchedWhisper, EngineOptions
     from serve.core.stream import StreamingOptions, StreamProcessor
 
-    workers = max(1, min(4, os.cpu_count() or 1))
-    engines = [BatchedWhisper(EngineOptions(cpu_threads=1)) for _ in range(workers)]
-    free, lock = list(engines), threading.Lock()
-
-    def one(path, seed) -> list[Final]:  # type: ignore[no-untyped-def]
-        with lock:
-            engine = free.pop()
-        try:
-            return stream_finals(StreamProcessor(StreamingOptions(), vad=vad), engine, path, seed)
-        finally:
-            with lock:
-                free.append(engine)
+    engines = EnginePool()
 
     def run(paths, seed: int | None = None) -> list[list[Final]]:  # type: ignore[no-untyped-def]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, paths, [seed] * len(paths)))
+        return engines.map(lambda engine, path: stream_finals(StreamProcessor(StreamingOptions(), vad=vad), engine, path, seed), paths)
 
     return run
 
