@@ -423,10 +423,11 @@ class StreamProcessor:
             self._close_utterance(state, window, words, messages)
             return messages
         agreed = _common_prefix(state.hypothesis, words) if self.options.commit_on_agreement else 0
+        older_end = min(window.end, state.decoded_until)
+        if (older_end - window.start) / SAMPLE_RATE < self.options.agree_window_s:
+            agreed = 0  # the older window is too short to agree from (agree_window_s)
         # Both decodes must have heard the whole word: it ends well before the older window's end.
-        edge = min(window.end, state.decoded_until) / SAMPLE_RATE - self.options.commit_margin_s
-        if (min(window.end, state.decoded_until) - window.start) / SAMPLE_RATE < self.options.agree_window_s:
-            agreed = 0
+        edge = older_end / SAMPLE_RATE - self.options.commit_margin_s
         while agreed and (words[agreed - 1].end > edge or _glued(words, agreed)):
             agreed -= 1
         paused = window.kind is WindowKind.PAUSE and self._pause_ends_long_utterance(state, window, words)
