@@ -60,6 +60,7 @@ EOF
 
 export RAY_DASHBOARD_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
 ray stop --force >/dev/null 2>&1 || true
+export RAY_SERVE_PROXY_USE_GRPC=1  # the proxy hands WebSocket messages to the Ingress over gRPC, as scripts/run.sh
 ray start --head --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" --disable-usage-stats >/dev/null
 trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
 serve deploy "$OUT/serve.yaml"

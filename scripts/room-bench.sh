@@ -28,7 +28,7 @@ config["applications"][0]["args"].setdefault("limits", {})["max_streams_per_clie
 yaml.safe_dump(config, open(target, "w"), sort_keys=False)
 EOF
 cd "$SOURCE"
-RAY_ADDRESS=local PYTHONPATH="$SOURCE" setsid "$REPO/.venv/bin/serve" run "$CONFIG" > "$CONFIG.log" 2>&1 &
+RAY_ADDRESS=local RAY_SERVE_PROXY_USE_GRPC=${RAY_SERVE_PROXY_USE_GRPC:-1} PYTHONPATH="$SOURCE" setsid "$REPO/.venv/bin/serve" run "$CONFIG" > "$CONFIG.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; rm -f "$CONFIG"' EXIT
 for _ in $(seq 120); do

@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check -r requirements.txt
+# Serve's proxy hands WebSocket messages to the Ingress over gRPC (serve/deploy/app.py: PROXY_ENV).
+export RAY_SERVE_PROXY_USE_GRPC=1
 exec serve run serve.yaml "$@"

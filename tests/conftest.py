@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from serve.bench.eval_set import EvalItem, eval_dir, load_items
+from serve.deploy.app import PROXY_ENV
 
 # The service fixture builds the application here, in the driver, and the handles it binds take their transport
 # from this process's Serve settings: without this they would be Ray actor calls, where `serve run`/`serve deploy`
-# (which build the application with serve.yaml's runtime_env) make gRPC ones. Serve's proxy keeps its own (as there).
-os.environ.update({"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_PROXY_USE_GRPC": "0"})
+# (which build the application with serve.yaml's runtime_env) make gRPC ones. Serve's proxy, which takes its settings
+# from the node, hands WebSocket messages to the Ingress over gRPC, as scripts/run.sh and the README's cluster start it.
+os.environ.update({"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", **PROXY_ENV})
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_MARKERS = {"serve", "browser", "cluster"}

@@ -28,7 +28,16 @@ per call; a dead replica still surfaces as ActorUnavailableError, which the call
 A replica's gRPC server takes messages of up to 4 MiB by default, and a trip of quiet streams that caught up after a
 stall carries more (RESOURCE_EXHAUSTED, tests/service/test_service.py): the limit is raised to Serve's own for gRPC
 ingress, 2 GiB."""
-REPLICA_ENV = HIDE_GPUS | GRPC_BETWEEN_REPLICAS
+ONE_LOOP = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+"""A replica runs its handlers and its handles' router on its own event loop, as Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED
+mode sets them, instead of one loop thread each: no hop between threads for every request and every call. The
+service's handlers never block their loop (the engine, the VAD and the features run in threads of their own)."""
+PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+"""For the Ray cluster, not the replicas: Serve's proxy hands a WebSocket's messages to the Ingress over gRPC too. The
+proxy takes its environment from the node (``ray start``, or the shell of ``serve run``), not from serve.yaml:
+scripts/run.sh, the KubeRay manifest and the tests set it; without it the service works the same, at a higher cost
+per message."""
+REPLICA_ENV = HIDE_GPUS | GRPC_BETWEEN_REPLICAS | ONE_LOOP
 
 
 def cluster_gpus() -> float:

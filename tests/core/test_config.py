@@ -154,6 +154,22 @@ def test_whisper_placement_comes_from_args_and_cpu_replicas_see_no_gpu():
     assert packed["runtime_env"]["env_vars"] == REPLICA_ENV and HIDE_GPUS.items() <= REPLICA_ENV.items()
 
 
+def test_every_way_to_start_ray_gives_the_proxy_its_grpc_setting():
+    """Serve's proxy reads PROXY_ENV from its node, never from serve.yaml: every launcher the README names sets it."""
+    from serve.deploy.app import PROXY_ENV
+
+    (name, value), = PROXY_ENV.items()
+    for launcher in ("scripts/run.sh", "scripts/gpu-bench.sh"):
+        assert f"export {name}={value}" in (REPO / launcher).read_text(), launcher
+    assert f"{name}=${{{name}:-{value}}}" in (REPO / "scripts" / "room-bench.sh").read_text()
+    assert f"ENV {name}={value}" in (REPO / "deploy" / "kuberay" / "Dockerfile").read_text()
+    from tests.cluster.test_readme_cluster import readme_block, sections
+
+    for part in sections(readme_block(REPO / "README.md")):
+        if part.machine in ("head", "worker"):
+            assert any(f"{name}={value}" in line and line.startswith("export ") for line in part.lines), part.machine
+
+
 def test_kuberay_manifest_deploys_serve_yaml_verbatim_on_gpu_workers():
     manifest = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"

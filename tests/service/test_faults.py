@@ -17,7 +17,7 @@ from serve.bench.room import looped
 from serve.bench.scoring import pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio, to_int16
-from serve.deploy.app import REPLICA_ENV
+from serve.deploy.app import PROXY_ENV, REPLICA_ENV
 from tests.conftest import (
     actor_pid,
     check_errors,
@@ -154,12 +154,12 @@ def serve_pids() -> dict[str, int]:
 def test_every_replica_runs_with_the_env_the_app_gives_it(service):
     """build_app's per-deployment env reaches each replica: GPUs it did not reserve hidden, calls to the next
     deployment over gRPC (a setting lost on the way fails nothing else, it only costs CPU). serve.yaml's runtime_env,
-    which replaces it under `serve run`/`serve deploy`, says the same (tests/core/test_config.py)."""
+    which replaces it under `serve run`/`serve deploy`, says the same (tests/core/test_config.py). Serve's proxy is
+    not the application's: it takes the node's environment, which gives it PROXY_ENV here as scripts/run.sh does."""
     for name, pid in serve_pids().items():
-        if name == "proxy":
-            continue  # Serve's own actor: not the application's
         env = psutil.Process(pid).environ()
-        assert REPLICA_ENV.items() <= env.items(), (name, {k: env.get(k) for k in REPLICA_ENV})
+        wanted = PROXY_ENV if name == "proxy" else REPLICA_ENV
+        assert wanted.items() <= env.items(), (name, {k: env.get(k) for k in wanted})
 
 
 async def cycle(url: str, i: int, pcm: bytes) -> str:
