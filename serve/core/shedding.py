@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class PartialShedder:
     """Estimates how long a new request would wait and refuses optional ones past ``max_wait_s``.
@@ -41,5 +43,11 @@ class PartialShedder:
         return not optional or self.expected_wait_s <= self.limit_s(eager)
 
     def retry_after_s(self, eager: bool) -> float:
-        """How long until the queue, draining without new requests, lets an optional request of this kind in."""
-        return max(0.0, self.expected_wait_s - self.limit_s(eager))
+        """How long until the queue, draining without new requests, lets an optional request of this kind in. It
+        drains a request at a time, and ``admit`` counts whole requests: the answer is the time of the requests that
+        must be done first. (Not the excess wait alone: on a CPU, where a decode costs more than ``eager_wait_s``,
+        that sent eager callers back while the decode ahead of them still ran, to be refused again.)"""
+        excess = self.expected_wait_s - self.limit_s(eager)
+        if excess <= 0 or self.seconds_per_item <= 0:
+            return 0.0
+        return math.ceil(excess / self.seconds_per_item - 1e-9) * self.seconds_per_item
