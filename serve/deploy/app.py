@@ -35,8 +35,8 @@ service's handlers never block their loop (the engine, the VAD and the features 
 PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 """For the Ray cluster, not the replicas: Serve's proxy hands a WebSocket's messages to the Ingress over gRPC too. The
 proxy takes its environment from the node (``ray start``, or the shell of ``serve run``), not from serve.yaml:
-scripts/run.sh, the KubeRay manifest and the tests set it; without it the service works the same, at a higher cost
-per message."""
+scripts/run.sh, scripts/gpu-bench.sh, the README's ``ray start`` lines, the KubeRay image and the tests set it; without
+it the service works the same, at a higher cost per message."""
 REPLICA_ENV = HIDE_GPUS | GRPC_BETWEEN_REPLICAS | ONE_LOOP
 
 
