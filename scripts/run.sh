@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 pip install -q --disable-pip-version-check -r requirements.txt
 # Serve's proxy hands WebSocket messages to the Ingress over gRPC (serve/deploy/app.py: PROXY_ENV).
 export RAY_SERVE_PROXY_USE_GRPC=1
+# RAY_SERVE_ENABLE_HA_PROXY=1 in the environment: HAProxy holds the port instead (README: "The high-throughput ingress").
 exec serve run serve.yaml "$@"

@@ -21,7 +21,7 @@ class CpuUsage:
 # -- roles ---------------------------------------------------------------------------------------
 
 ROLES = (
-    "Ingress", "BufferManager", "Whisper", "ProxyActor", "ServeController", "ray::IDLE", "raylet", "gcs_server",
+    "Ingress", "BufferManager", "Whisper", "ProxyActor", "HAProxy", "ServeController", "ray::IDLE", "raylet", "gcs_server",
     "dashboard", "driver", "other",
 )
 """The roles ``role_of`` knows; a Serve replica of a deployment with another name is ``replica:<name>``."""
@@ -36,7 +36,8 @@ def role_of(cmdline: str | Sequence[str]) -> str:
 
     Ray sets a worker's title: ``ray::ServeReplica:asr:Whisper`` (with the method it runs while it runs one,
     ``ray::ServeReplica:asr:Whisper.handle_request``), ``ray::ProxyActor``, ``ray::ServeController``, ``ray::IDLE``
-    for a worker with no actor yet. Ray's own daemons are found by their executable (``raylet``, ``gcs_server``) or
+    for a worker with no actor yet. With HAProxy in front (Serve's RAY_SERVE_ENABLE_HA_PROXY), its binary and the
+    ``ray::HAProxyManager`` actor that configures it are ``HAProxy``. Ray's own daemons are found by their executable (``raylet``, ``gcs_server``) or
     module (the dashboard, its agent and its modules); ``serve run`` itself is the ``driver``.
     """
     argv = [cmdline] if isinstance(cmdline, str) else list(cmdline)
@@ -50,6 +51,8 @@ def role_of(cmdline: str | Sequence[str]) -> str:
         actor = re.split(r"[.:\s(]", title, maxsplit=1)[0]
         if actor in ("ProxyActor", "HTTPProxyActor"):
             return "ProxyActor"
+        if actor == "HAProxyManager":
+            return "HAProxy"
         if actor == "ServeController":
             return "ServeController"
         if actor == "IDLE":
@@ -60,6 +63,8 @@ def role_of(cmdline: str | Sequence[str]) -> str:
     executable = os.path.basename(head)
     if executable in ("raylet", "gcs_server"):
         return executable
+    if executable == "haproxy":
+        return "HAProxy"
     if "dashboard" in text.lower():
         return "dashboard"
     if re.search(r"(^|[\s/])serve run(\s|$)", text) or re.search(r"/serve\s+run(\s|$)", text):

