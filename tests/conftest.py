@@ -250,6 +250,49 @@ def wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-d
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def ray_processes(ray_tmp: Path, variable: str, marker: str) -> list:
+    """Every process of a Ray started for one test: ``ray_tmp`` (its RAY_TMPDIR) in its command line or ``marker`` in
+    its environment variable ``variable``, and their descendants (Ray's agents rewrite their environment and command
+    line); never this process or its parents."""
+    import psutil
+
+    own = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = {}
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            ours = any(str(ray_tmp) in arg for arg in process.info["cmdline"] or [])
+            ours = ours or process.environ().get(variable) == marker
+            if ours and process.pid not in own:
+                found[process.pid] = process
+                found.update((child.pid, child) for child in process.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return list(found.values())
+
+
+def end_ray_processes(ray_tmp: Path, variable: str, marker: str) -> None:
+    """End by PID every process ``ray_processes`` finds (never ``ray stop``, which would stop every Ray on the host):
+    terminated, then killed 5 s later; three rounds, as a raylet may start an agent again while it is being stopped."""
+    import psutil
+
+    for _ in range(3):
+        processes = ray_processes(ray_tmp, variable, marker)
+        if not processes:
+            return
+        for process in processes:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=5)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+
 def replica_actors(deployment: str) -> list:
     """Handles of the live replicas of one deployment of the ``asr`` application."""
     import ray

@@ -53,7 +53,7 @@ import yaml
 from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from tests.conftest import REPO, free_port, serve_yaml
+from tests.conftest import REPO, end_ray_processes, free_port, serve_yaml
 
 DISABLED_WARNINGS = ("token authentication is disabled", "authentication is disabled")
 IMPLICIT_WARNING = "set ray_auth_mode=disabled to opt out"  # Ray turned auth on by itself: RAY_AUTH_MODE was not set
@@ -170,43 +170,9 @@ class Machines:
         print(f"--- [{machine}] $ {run.command}\n{run.output[-3000:]}")
         return run
 
-    def processes(self, ray_tmp: Path) -> list:
-        """Every process of these nodes: the marker in its environment or the temp dir in its command line, and
-        their descendants (Ray's agents rewrite their environment and command line)."""
-        import psutil
-
-        own = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-        found = {}
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                ours = any(str(ray_tmp) in arg for arg in process.info["cmdline"] or [])
-                ours = ours or process.environ().get("ASR_README_CLUSTER") == self.marker
-                if ours and process.pid not in own:
-                    found[process.pid] = process
-                    found.update((child.pid, child) for child in process.children(recursive=True))
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return list(found.values())
-
     def stop(self, ray_tmp: Path) -> None:
-        import psutil
-
-        for _ in range(3):  # a raylet may start an agent again while it is being stopped
-            processes = self.processes(ray_tmp)
-            if not processes:
-                return
-            for process in processes:
-                try:
-                    process.terminate()
-                except psutil.NoSuchProcess:
-                    pass
-            _, alive = psutil.wait_procs(processes, timeout=5)
-            for process in alive:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(alive, timeout=5)
+        """Every process of these nodes, by the marker in their environment and the temp dir in their command line."""
+        end_ray_processes(ray_tmp, "ASR_README_CLUSTER", self.marker)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> int:

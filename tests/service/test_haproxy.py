@@ -31,7 +31,7 @@ from serve.bench.cpu import role_of
 from serve.bench.scoring import word_errors
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from tests.conftest import REPO, free_port, serve_yaml
+from tests.conftest import REPO, end_ray_processes, free_port, ray_processes, serve_yaml
 
 MARKER = "ASR_HAPROXY_TEST"
 
@@ -85,43 +85,15 @@ class Haproxied:
             return {row["svname"]: int(row["stot"] or 0) for row in rows if row["pxname"] == "http-asr"}
 
     def processes(self) -> list:
-        import psutil
-
-        found = {}
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                ours = any(str(self.ray_tmp) in arg for arg in process.info["cmdline"] or [])
-                ours = ours or process.environ().get(MARKER) == self.marker
-                if ours and process.pid != os.getpid():
-                    found[process.pid] = process
-                    found.update((child.pid, child) for child in process.children(recursive=True))
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return list(found.values())
+        return ray_processes(self.ray_tmp, MARKER, self.marker)
 
     def stop(self) -> None:
-        import psutil
-
         self.server.send_signal(signal.SIGTERM)
         try:
             self.server.wait(60)
         except subprocess.TimeoutExpired:
             pass
-        for _ in range(3):  # a raylet may start an agent again while it is being stopped
-            processes = self.processes()
-            if not processes:
-                break
-            for process in processes:
-                try:
-                    process.terminate()
-                except psutil.NoSuchProcess:
-                    pass
-            _, alive = psutil.wait_procs(processes, timeout=10)
-            for process in alive:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
+        end_ray_processes(self.ray_tmp, MARKER, self.marker)
         self.log.close()
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
