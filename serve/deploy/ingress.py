@@ -31,6 +31,7 @@ WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
 app = FastAPI(title="Real-time speech recognition", version="1")
 
+
 def behind_haproxy(env: Mapping[str, str] = os.environ) -> bool:
     """Whether clients reach this replica through Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 on the nodes,
     README: "The high-throughput ingress"). The replica then serves HTTP and WebSockets itself, and every client's TCP
