@@ -21,8 +21,8 @@ class CpuUsage:
 # -- roles ---------------------------------------------------------------------------------------
 
 ROLES = (
-    "Ingress", "BufferManager", "Whisper", "ProxyActor", "HAProxy", "ServeController", "ray::IDLE", "raylet", "gcs_server",
-    "dashboard", "driver", "other",
+    "Ingress", "BufferManager", "Whisper", "ProxyActor", "HAProxy", "ServeController", "ray::IDLE", "raylet",
+    "gcs_server", "dashboard", "driver", "other",
 )
 """The roles ``role_of`` knows; a Serve replica of a deployment with another name is ``replica:<name>``."""
 
@@ -37,8 +37,9 @@ def role_of(cmdline: str | Sequence[str]) -> str:
     Ray sets a worker's title: ``ray::ServeReplica:asr:Whisper`` (with the method it runs while it runs one,
     ``ray::ServeReplica:asr:Whisper.handle_request``), ``ray::ProxyActor``, ``ray::ServeController``, ``ray::IDLE``
     for a worker with no actor yet. With HAProxy in front (Serve's RAY_SERVE_ENABLE_HA_PROXY), its binary and the
-    ``ray::HAProxyManager`` actor that configures it are ``HAProxy``. Ray's own daemons are found by their executable (``raylet``, ``gcs_server``) or
-    module (the dashboard, its agent and its modules); ``serve run`` itself is the ``driver``.
+    ``ray::HAProxyManager`` actor that configures it are ``HAProxy``. Ray's own daemons are found by their executable
+    (``raylet``, ``gcs_server``) or module (the dashboard, its agent and its modules); ``serve run`` itself is the
+    ``driver``.
     """
     argv = [cmdline] if isinstance(cmdline, str) else list(cmdline)
     text = " ".join(a for a in argv if a).strip()
