@@ -38,6 +38,13 @@ proxy takes its environment from the node (``ray start``, or the shell of ``serv
 scripts/run.sh, scripts/gpu-bench.sh, the README's ``ray start`` lines, the KubeRay image and the tests set it; without
 it the service works the same, at a higher cost per message."""
 REPLICA_ENV = HIDE_GPUS | GRPC_BETWEEN_REPLICAS | ONE_LOOP
+NO_ACCESS_LOG = {"enable_access_log": False}
+"""The BufferManager's and Whisper's logging: their calls are a stream's internal steps, one BufferManager call a
+second and about one decode per speaking stream. An access line for each is written twice (to the replica's file and
+its stderr), tailed by Ray's log monitor and relayed to the driver: measured in the room (README: what a stream
+costs), more CPU across those processes than a speaking stream's Ingress work. A call that fails still logs its
+traceback (Serve's "Request failed."); ``logging_config: {enable_access_log: true}`` on the deployment in serve.yaml
+brings the lines back. The Ingress keeps its access lines: one per HTTP request or WebSocket session."""
 
 
 def cluster_gpus() -> float:
@@ -64,10 +71,12 @@ def build_app(args: dict[str, Any]) -> Application:
     whisper = Whisper.options(
         user_config=settings.batching.model_dump(mode="json"),
         ray_actor_options=whisper_actor_options(settings.placement, cluster_gpus()),
+        logging_config=NO_ACCESS_LOG,
     ).bind(settings.engine.model_dump(mode="json"))
     buffer_manager = BufferManager.options(
         user_config=settings.streaming.model_dump(mode="json"),
         ray_actor_options=actor_options(num_cpus=0.5),
+        logging_config=NO_ACCESS_LOG,
     ).bind(whisper)
     # Keys travel (and show in Serve's config and logs) only as SHA-256 digests.
     ingress = IngressOptions(limits=settings.limits, auth=hashed(settings.auth))

@@ -3,6 +3,7 @@
 import asyncio
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,22 @@ def test_calls_carry_the_new_audio_not_the_streams_pending_audio(long_run):
     assert calls >= long_run.audio.size / 16_000 / long_run.speed / 2  # about a call per chunk sent
     assert payload["to_buffer_manager"] <= pcm_bytes + calls * 8_000
     assert payload["from_buffer_manager"] <= calls * 8_000
+
+
+def test_the_internal_calls_of_a_stream_write_no_access_log_line(long_run):
+    """A stream makes a BufferManager call a second and about one Whisper call: an access line for each would be
+    written, tailed by Ray's log monitor and sent to the driver, for every stream of a room. Those two deployments
+    log what goes wrong (a failed call's traceback), not each call."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    for deployment, method in (("BufferManager", "process"), ("Whisper", "transcribe")):
+        files = sorted(logs.glob(f"replica_asr_{deployment}_*.log"))
+        assert files, f"no log file of a {deployment} replica in {logs}"
+        text = "\n".join(f.read_text() for f in files)
+        assert "Finished initializing replica" in text  # the replicas' own lines are still written
+        calls = [line for line in text.splitlines() if f"-- CALL {method} " in line]
+        assert not calls, f"{len(calls)} access lines of {deployment}, e.g. {calls[0]}"
 
 
 def test_four_speakers_and_eight_quiet_streams_at_once_stay_apart_and_are_batched(service, manifest):
