@@ -42,9 +42,10 @@ NO_ACCESS_LOG = {"enable_access_log": False}
 """The BufferManager's and Whisper's logging: their calls are a stream's internal steps, one BufferManager call a
 second and about one decode per speaking stream. An access line for each is written twice (to the replica's file and
 its stderr), tailed by Ray's log monitor and relayed to the driver: measured in the room (README: what a stream
-costs), more CPU across those processes than a speaking stream's Ingress work. A call that fails still logs its
-traceback (Serve's "Request failed."); ``logging_config: {enable_access_log: true}`` on the deployment in serve.yaml
-brings the lines back. The Ingress keeps its access lines: one per HTTP request or WebSocket session."""
+costs), 3.6 ms of CPU per speaking stream-second across those processes, about as much as its Ingress work. A call
+that fails still logs its traceback (Serve's "Request failed."); ``logging_config: {enable_access_log: true}`` on the
+deployment in serve.yaml brings the lines back. The Ingress keeps its access lines: one per HTTP request or WebSocket
+session."""
 
 
 def cluster_gpus() -> float:
