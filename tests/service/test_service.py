@@ -3,7 +3,6 @@
 import asyncio
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from serve.bench.offline import OfflineTranscriber
 from serve.bench.scoring import normalize_text, pooled_wer
 from serve.client import stream_file
 from serve.core.audio import load_audio
-from tests.conftest import check_errors, check_finals
+from tests.conftest import check_errors, check_finals, ray_log_lines
 
 pytestmark = pytest.mark.serve
 
@@ -59,15 +58,11 @@ def test_the_internal_calls_of_a_stream_write_no_access_log_line(long_run):
     """A stream makes a BufferManager call a second and about one Whisper call: an access line for each would be
     written, tailed by Ray's log monitor and sent to the driver, for every stream of a room. Those two deployments
     log what goes wrong (a failed call's traceback), not each call."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     for deployment, method in (("BufferManager", "process"), ("Whisper", "transcribe")):
-        files = sorted(logs.glob(f"replica_asr_{deployment}_*.log"))
-        assert files, f"no log file of a {deployment} replica in {logs}"
-        text = "\n".join(f.read_text() for f in files)
-        assert "Finished initializing replica" in text  # the replicas' own lines are still written
-        calls = [line for line in text.splitlines() if f"-- CALL {method} " in line]
+        component = f" asr_{deployment} "
+        # The replicas' own lines are still written (and these are their logs).
+        assert [line for line in ray_log_lines("Finished initializing replica") if component in line], deployment
+        calls = [line for line in ray_log_lines(f"-- CALL {method} ") if component in line]
         assert not calls, f"{len(calls)} access lines of {deployment}, e.g. {calls[0]}"
 
 
